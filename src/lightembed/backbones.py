@@ -1,0 +1,144 @@
+"""Load Hugging Face encoders and decoders as embedding backbones.
+
+A model is named by a Hub id (``sentence-transformers/all-MiniLM-L6-v2``), a local folder, or a packaged name
+(``packaged:all-MiniLM-L6-v2``, see :mod:`lightembed.packaged`). What lightembed may do with a model depends on its
+*family* (the config's ``model_type``), looked up in :data:`FAMILIES`; an unknown family is an error that names it,
+never a guess from the model's name.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from lightembed.packaged import is_packaged, resolve_packaged
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Family:
+    """What lightembed knows about a model family.
+
+    Attributes:
+        kind: ``"encoder"`` (bidirectional already) or ``"decoder"`` (causal unless switched).
+        padding_side: the padding side pooling and batching expect for this family.
+        load_kwargs: extra keyword arguments for ``AutoModel.from_pretrained``.
+    """
+
+    kind: str
+    padding_side: str = "right"
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+_BERT_LIKE = Family("encoder", load_kwargs={"add_pooling_layer": False})
+FAMILIES: dict[str, Family] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": Family("encoder"),
+    "mpnet": _BERT_LIKE,
+    "distilbert": Family("encoder"),
+    "deberta-v2": Family("encoder"),
+    "modernbert": Family("encoder"),
+    # Decoders whose attention honours ``config.is_causal`` in transformers 5 (bidirectional switch, LLM2Vec).
+    "llama": Family("decoder"),
+    "mistral": Family("decoder"),
+    "qwen2": Family("decoder"),
+    "qwen3": Family("decoder"),
+    "gemma": Family("decoder"),
+    "gemma2": Family("decoder"),
+}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map a packaged name to its folder and check that a local path exists; Hub ids pass through unchanged.
+
+    Raises:
+        FileNotFoundError: the name looks like a local path (absolute, relative with ``./`` or ``~``, or an existing
+            parent folder) but nothing is there; the message gives the path tried.
+    """
+    if is_packaged(name_or_path):
+        return str(resolve_packaged(name_or_path))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    looks_local = name_or_path.startswith(("/", "./", "../", "~")) or name_or_path.endswith((".ckpt", ".safetensors"))
+    if looks_local or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"model path {str(path.resolve())!r} does not exist (from {name_or_path!r})")
+    return name_or_path
+
+
+def family_of(config: PretrainedConfig, name: str = "") -> Family:
+    """The :class:`Family` of a config; unknown families raise an error naming the ``model_type``."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"unsupported model family {model_type!r} (model {name or config.name_or_path!r}); "
+            f"supported families: {', '.join(sorted(FAMILIES))}"
+        )
+    return FAMILIES[model_type]
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """Load the tokenizer of a model; a tokenizer without a pad token gets one (EOS, else UNK) and a log line."""
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has no pad, eos or unk token to pad with")
+        tokenizer.pad_token = fallback
+        log.warning("tokenizer of %s has no pad token: padding with %r", name_or_path, fallback)
+    return tokenizer
+
+
+def set_bidirectional(model: PreTrainedModel, bidirectional: bool = True) -> None:
+    """Switch a decoder's self-attention between causal and bidirectional via ``config.is_causal`` (LLM2Vec step 1).
+
+    Encoders are bidirectional already; asking for causal attention on an encoder is an error.
+    """
+    family = family_of(model.config)
+    if family.kind == "encoder":
+        if not bidirectional:
+            raise ValueError(f"{model.config.model_type} is an encoder: its attention cannot be made causal")
+        return
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig):
+            config.is_causal = not bidirectional
+
+
+def load_backbone(
+    name_or_path: str,
+    dtype: str = "float32",
+    bidirectional: bool | None = None,
+    attn_implementation: str | None = "sdpa",
+) -> PreTrainedModel:
+    """Load the base model (no task head) of an encoder or decoder.
+
+    Args:
+        name_or_path: Hub id, local folder, or ``packaged:<name>``.
+        dtype: ``float32``, ``bfloat16`` or ``float16`` weights.
+        bidirectional: for decoders, ``True`` switches to bidirectional attention; ``None`` keeps the family default.
+        attn_implementation: passed to transformers (``sdpa``, ``eager``, or a registered custom function).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r} (option `dtype`); choose one of {sorted(DTYPES)}")
+    path = resolve_model_path(name_or_path)
+    config = AutoConfig.from_pretrained(path)
+    family = family_of(config, name_or_path)
+    model = AutoModel.from_pretrained(
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **family.load_kwargs
+    )
+    if bidirectional is not None:
+        set_bidirectional(model, bidirectional)
+    return model
