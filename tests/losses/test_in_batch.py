@@ -1,0 +1,253 @@
+"""InBatchNegativesLoss against a naive per-query loop, with hard negatives, duplicate texts and min_score."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightembed.losses import InBatchNegativesLoss
+
+
+def naive_cos(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double().tolist(), y.double().tolist()
+    dot = sum(a * b for a, b in zip(x, y, strict=True))
+    return dot / (math.sqrt(sum(a * a for a in x)) * math.sqrt(sum(b * b for b in y)))
+
+
+def naive_direction(queries, keys, negatives, query_ids, key_ids, negative_ids, tau, duplicates):
+    """Loss of every query i: candidates are all keys, then all hard negatives (row-major)."""
+    batch = len(queries)
+    candidates = []  # (vector, text id or None, index of the key or None)
+    for j in range(batch):
+        candidates.append((keys[j], None if key_ids is None else key_ids[j], j))
+    for b in range(len(negatives)):
+        for n in range(len(negatives[b])):
+            candidates.append((negatives[b][n], None if negative_ids is None else negative_ids[b][n], None))
+    losses = []
+    for i in range(batch):
+        numerator, denominator = 0.0, 0.0
+        for vector, text_id, key_index in candidates:
+            logit = naive_cos(queries[i], vector) / tau
+            own = key_index == i
+            duplicate = False
+            if text_id is not None and key_ids is not None and text_id == key_ids[i]:
+                duplicate = True
+            if text_id is not None and query_ids is not None and text_id == query_ids[i]:
+                duplicate = True
+            if key_index is not None and query_ids is not None and query_ids[key_index] == query_ids[i]:
+                duplicate = True
+            if own or (duplicate and duplicates == "positive"):
+                numerator += math.exp(logit)
+            if own or not duplicate or duplicates == "positive":
+                denominator += math.exp(logit)
+        losses.append(-math.log(numerator / denominator))
+    return losses
+
+
+def naive_in_batch(
+    anchor,
+    positive,
+    negative=None,
+    tau=0.05,
+    anchor_ids=None,
+    positive_ids=None,
+    negative_ids=None,
+    duplicates="positive",
+    symmetric=False,
+    labels=None,
+    min_score=None,
+):
+    negatives = [] if negative is None else [list(row) for row in negative]
+    losses = naive_direction(anchor, positive, negatives, anchor_ids, positive_ids, negative_ids, tau, duplicates)
+    if symmetric:
+        back = naive_direction(positive, anchor, [], positive_ids, anchor_ids, None, tau, duplicates)
+        losses = [(f + b) / 2 for f, b in zip(losses, back, strict=True)]
+    rows = range(len(losses))
+    if min_score is not None and labels is not None:
+        rows = [i for i in rows if labels[i] >= min_score]
+    if not rows:
+        return 0.0
+    return sum(losses[i] for i in rows) / len(rows)
+
+
+# Deliberate duplicates: anchors 0 and 2 are the same text; positive 3 repeats positive 0; positive 4 is the text of
+# anchor 1; negative (5, 0) repeats positive 5 and negative (1, 1) repeats anchor 1.
+ANCHOR_IDS = [0, 1, 0, 2, 3, 4]
+POSITIVE_IDS = [10, 11, 12, 10, 1, 13]
+NEGATIVE_IDS = [[20, 21], [22, 1], [23, 24], [10, 25], [26, 27], [13, 28]]
+
+
+def batch(seed: int, n_neg: int = 2, size: int = 6, hidden: int = 8):
+    torch.manual_seed(seed)
+    return torch.randn(size, hidden), torch.randn(size, hidden), torch.randn(size, n_neg, hidden)
+
+
+def test_plain_matches_cross_entropy_and_naive_loop():
+    anchor, positive, _ = batch(0)
+    got = InBatchNegativesLoss(temperature=0.05)(anchor, positive)
+    logits = F.normalize(anchor, dim=-1) @ F.normalize(positive, dim=-1).T / 0.05
+    torch.testing.assert_close(got, F.cross_entropy(logits, torch.arange(6)))
+    assert got.item() == pytest.approx(naive_in_batch(anchor, positive), rel=1e-5)
+
+
+@pytest.mark.parametrize("n_neg", [1, 3])
+def test_hard_negatives_match_naive_loop(n_neg):
+    anchor, positive, negative = batch(1, n_neg=n_neg)
+    got = InBatchNegativesLoss(temperature=0.1)(anchor, positive, negative)
+    assert got.item() == pytest.approx(naive_in_batch(anchor, positive, negative, tau=0.1), rel=1e-5)
+
+
+def test_two_dim_negative_is_one_negative_per_row():
+    anchor, positive, negative = batch(2, n_neg=1)
+    loss = InBatchNegativesLoss()
+    torch.testing.assert_close(loss(anchor, positive, negative[:, 0]), loss(anchor, positive, negative))
+
+
+@pytest.mark.parametrize("duplicates", ["positive", "ignore"])
+@pytest.mark.parametrize("with_negatives", [False, True])
+def test_duplicates_match_naive_loop_and_change_the_loss(duplicates, with_negatives):
+    anchor, positive, negative = batch(3)
+    kwargs = {"anchor_ids": torch.tensor(ANCHOR_IDS), "positive_ids": torch.tensor(POSITIVE_IDS)}
+    naive_kwargs = {"anchor_ids": ANCHOR_IDS, "positive_ids": POSITIVE_IDS}
+    if not with_negatives:
+        negative = None
+    else:
+        kwargs["negative_ids"] = torch.tensor(NEGATIVE_IDS)
+        naive_kwargs["negative_ids"] = NEGATIVE_IDS
+    loss = InBatchNegativesLoss(temperature=0.05, duplicates=duplicates)
+    got = loss(anchor, positive, negative, **kwargs)
+    expected = naive_in_batch(anchor, positive, negative, duplicates=duplicates, **naive_kwargs)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    plain = loss(anchor, positive, negative)
+    assert abs(got.item() - plain.item()) > 1e-3
+
+
+def test_duplicate_negative_ids_matter():
+    anchor, positive, negative = batch(4)
+    ids = {"anchor_ids": torch.tensor(ANCHOR_IDS), "positive_ids": torch.tensor(POSITIVE_IDS)}
+    loss = InBatchNegativesLoss()
+    without = loss(anchor, positive, negative, **ids)
+    with_neg_ids = loss(anchor, positive, negative, **ids, negative_ids=torch.tensor(NEGATIVE_IDS))
+    assert abs(without.item() - with_neg_ids.item()) > 1e-3
+
+
+def test_distinct_ids_equal_plain_loss():
+    anchor, positive, negative = batch(5)
+    loss = InBatchNegativesLoss()
+    got = loss(
+        anchor,
+        positive,
+        negative,
+        anchor_ids=torch.arange(6),
+        positive_ids=torch.arange(6) + 100,
+        negative_ids=torch.arange(12).reshape(6, 2) + 200,
+    )
+    torch.testing.assert_close(got, loss(anchor, positive, negative))
+
+
+def test_only_anchor_ids():
+    anchor, positive, _ = batch(6)
+    got = InBatchNegativesLoss()(anchor, positive, anchor_ids=torch.tensor(ANCHOR_IDS))
+    assert got.item() == pytest.approx(naive_in_batch(anchor, positive, anchor_ids=ANCHOR_IDS), rel=1e-5)
+
+
+@pytest.mark.parametrize("duplicates", ["positive", "ignore"])
+def test_symmetric_matches_naive_loop(duplicates):
+    anchor, positive, negative = batch(7)
+    loss = InBatchNegativesLoss(temperature=0.05, symmetric=True, duplicates=duplicates)
+    got = loss(anchor, positive, negative)
+    assert got.item() == pytest.approx(naive_in_batch(anchor, positive, negative, symmetric=True), rel=1e-5)
+    got_ids = loss(
+        anchor,
+        positive,
+        negative,
+        anchor_ids=torch.tensor(ANCHOR_IDS),
+        positive_ids=torch.tensor(POSITIVE_IDS),
+        negative_ids=torch.tensor(NEGATIVE_IDS),
+    )
+    expected = naive_in_batch(
+        anchor,
+        positive,
+        negative,
+        anchor_ids=ANCHOR_IDS,
+        positive_ids=POSITIVE_IDS,
+        negative_ids=NEGATIVE_IDS,
+        duplicates=duplicates,
+        symmetric=True,
+    )
+    assert got_ids.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_min_score_keeps_only_high_rows_as_queries():
+    anchor, positive, _ = batch(8)
+    labels = [5.0, 1.0, 4.0, 0.5, 3.0, 2.0]
+    loss = InBatchNegativesLoss(min_score=3.0)
+    got = loss(anchor, positive, labels=torch.tensor(labels))
+    expected = naive_in_batch(anchor, positive, labels=labels, min_score=3.0)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert got.item() != pytest.approx(naive_in_batch(anchor, positive), rel=1e-3)
+    # without labels every row is a query
+    torch.testing.assert_close(loss(anchor, positive), InBatchNegativesLoss()(anchor, positive))
+
+
+def test_min_score_with_no_qualifying_row_is_zero_with_grad():
+    anchor, positive, _ = batch(9)
+    anchor.requires_grad_()
+    got = InBatchNegativesLoss(min_score=10.0)(anchor, positive, labels=torch.zeros(6))
+    assert got.item() == 0.0
+    assert got.grad_fn is not None
+    got.backward()
+    assert torch.isfinite(anchor.grad).all()
+    assert (anchor.grad == 0).all()
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("duplicates", ["positive", "ignore"])
+def test_grad_finite_when_anchor_equals_positive(symmetric, duplicates):
+    torch.manual_seed(10)
+    anchor = torch.randn(6, 8, requires_grad=True)
+    positive = (anchor.detach() + 1e-6 * torch.randn(6, 8)).requires_grad_()
+    negative = torch.randn(6, 2, 8, requires_grad=True)
+    loss = InBatchNegativesLoss(symmetric=symmetric, duplicates=duplicates)
+    loss(
+        anchor,
+        positive,
+        negative,
+        anchor_ids=torch.tensor(ANCHOR_IDS),
+        positive_ids=torch.tensor(POSITIVE_IDS),
+        negative_ids=torch.tensor(NEGATIVE_IDS),
+    ).backward()
+    for t in (anchor, positive, negative):
+        assert torch.isfinite(t.grad).all()
+
+
+def test_bf16_inputs():
+    anchor, positive, negative = batch(11)
+    got = InBatchNegativesLoss()(anchor.bfloat16(), positive.bfloat16(), negative.bfloat16())
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(InBatchNegativesLoss()(anchor, positive, negative).item(), rel=5e-2)
+
+
+def test_errors():
+    anchor, positive, negative = batch(12)
+    for tau in (0.0, -0.5):
+        with pytest.raises(ValueError, match="temperature"):
+            InBatchNegativesLoss(temperature=tau)
+    with pytest.raises(ValueError, match="duplicates"):
+        InBatchNegativesLoss(duplicates="merge")
+    loss = InBatchNegativesLoss()
+    with pytest.raises(ValueError, match="anchor_ids"):
+        loss(anchor, positive, anchor_ids=torch.arange(5))
+    with pytest.raises(ValueError, match="positive_ids"):
+        loss(anchor, positive, positive_ids=torch.arange(6.0))
+    with pytest.raises(ValueError, match="negative_ids"):
+        loss(anchor, positive, negative_ids=torch.arange(6))
+    with pytest.raises(ValueError, match="negative_ids"):
+        loss(anchor, positive, negative, negative_ids=torch.arange(6))
+    with pytest.raises(ValueError, match="negative must have"):
+        loss(anchor, positive, torch.randn(5, 8))
+    with pytest.raises(ValueError, match="labels"):
+        loss(anchor, positive, labels=torch.ones(2))
