@@ -1,0 +1,5 @@
+"""Data: sources (Hub id or local files), NLI conversion, collators, samplers and data modules."""
+
+from lightembed.data.pairs import PairDataModule
+
+__all__ = ["PairDataModule"]
