@@ -77,9 +77,9 @@ STS_ROWS = [
 
 @pytest.fixture
 def sts_file(tmp_path):
-    """24 handwritten STS rows (sentence1, sentence2, score 0-5) as jsonl."""
+    """12 handwritten STS rows (sentence1, sentence2, score 0-5) as jsonl, every text distinct."""
     path = tmp_path / "sts.jsonl"
     with path.open("w") as f:
-        for s1, s2, score in STS_ROWS * 2:
+        for s1, s2, score in STS_ROWS:
             f.write(json.dumps({"sentence1": s1, "sentence2": s2, "score": score}) + "\n")
     return path

@@ -57,7 +57,11 @@ def test_tokenizer_without_pad_token_gets_one(tmp_path, tokenizer):
 def test_bidirectional_switch_on_a_tiny_llama():
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
         intermediate_size=64,
     )
     model = LlamaModel(config).eval()

@@ -1,0 +1,193 @@
+"""STS-B fine-tuning of the packaged all-MiniLM-L6-v2: lightembed (AnglE, CoSENT) vs the sentence-transformers trainer.
+
+Same run, same budget for every entry: 1 epoch of STS-B train, batch 16, max length 128, lr 2e-5, 10% linear warmup,
+AdamW (weight decay 0.01), seed 0, final weights (no checkpoint selection), STS-B test Spearman x100 computed by the
+same evaluator for all. Throughput = training pairs per second of the training loop alone.
+
+    python benchmarks/stsb_angle.py [--data-root ../shared/data] [--limit N]
+
+Writes benchmarks/results/stsb_angle.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+from lightembed.api import load_encoder  # noqa: E402
+from lightembed.data import PairDataModule  # noqa: E402
+from lightembed.data.sources import load_source, resolve_data_root  # noqa: E402
+from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
+from lightembed.losses import AnglELoss, CoSENTLoss  # noqa: E402
+from lightembed.packaged import resolve_packaged  # noqa: E402
+from lightembed.stages import ContrastiveModule  # noqa: E402
+
+MODEL = "packaged:all-MiniLM-L6-v2"
+TRAIN, TEST = "sts/stsb/train.jsonl", "sts/stsb/test.jsonl"
+BATCH, MAX_LEN, LR, WARMUP, SEED = 16, 128, 2e-5, 0.1, 0
+RESULTS = Path(__file__).parent / "results" / "stsb_angle.json"
+
+
+class TrainTimer(L.Callback):
+    """Wall time of the training epochs only (no setup, no evaluation)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def stsb_test(model, data_root: str) -> float:
+    [result] = evaluate_sts(model, {"stsb_test": TEST}, data_root=data_root, batch_size=128)
+    return round(result.spearman, 2)
+
+
+def run_lightembed(loss: torch.nn.Module, precision: str, length_grouping: bool, data_root: str, limit: int | None):
+    L.seed_everything(SEED, verbose=False)
+    module = ContrastiveModule(
+        model=MODEL,
+        loss=loss,
+        pooling="mean",
+        max_length=MAX_LEN,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01),
+        warmup_ratio=WARMUP,
+    )
+    data = PairDataModule(
+        train=TRAIN,
+        train_format="scored_pairs",
+        data_root=data_root,
+        tokenizer=MODEL,
+        max_length=MAX_LEN,
+        batch_size=BATCH,
+        length_grouping=length_grouping,
+        seed=SEED,
+    )
+    timer = TrainTimer()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        limit_train_batches=(limit // BATCH) if limit else None,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    trainer.fit(module, datamodule=data)
+    pairs = min(limit or len(data.train_dataset), len(data.train_dataset))
+    return {"stsb_test": stsb_test(module, data_root), "pairs_per_s": round(pairs / timer.seconds, 2)}
+
+
+def run_peer(data_root: str, limit: int | None):
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss as STCoSENT
+
+    train = load_source(TRAIN, columns=("sentence1", "sentence2", "score"), data_root=data_root)
+    if limit:
+        train = train.select(range(min(limit, len(train))))
+    torch.manual_seed(SEED)
+    model = SentenceTransformer(str(resolve_packaged(MODEL)), device="cpu")
+    model.max_seq_length = MAX_LEN
+    with tempfile.TemporaryDirectory() as out:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=out,
+            num_train_epochs=1,
+            per_device_train_batch_size=BATCH,
+            learning_rate=LR,
+            warmup_ratio=WARMUP,
+            weight_decay=0.01,
+            seed=SEED,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=1000,
+            use_cpu=True,
+            dataloader_num_workers=0,
+        )
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=STCoSENT(model))
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        folder = Path(out) / "final"
+        model.save(str(folder))
+        score = stsb_test(load_encoder(str(folder)), data_root)
+    return {"stsb_test": score, "pairs_per_s": round(len(train) / seconds, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default=None, help="folder with sts/stsb/*.jsonl (else $LIGHTEMBED_DATA)")
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N pairs only (smoke runs)")
+    parser.add_argument("--threads", type=int, default=2)
+    ns = parser.parse_args()
+    root = resolve_data_root(ns.data_root)
+    if root is None:
+        sys.exit("set --data-root or LIGHTEMBED_DATA to the folder holding sts/stsb/ (e.g. ../shared/data)")
+    data_root = str(root)
+    torch.set_num_threads(ns.threads)
+
+    baseline = stsb_test(load_encoder(MODEL), data_root)
+    runs = {
+        "peer_st_cosent": run_peer(data_root, ns.limit),
+        "lightembed_angle": run_lightembed(AnglELoss(), "bf16-mixed", True, data_root, ns.limit),
+        "lightembed_cosent": run_lightembed(CoSENTLoss(), "bf16-mixed", True, data_root, ns.limit),
+        "lightembed_angle_fp32": run_lightembed(AnglELoss(), "32-true", True, data_root, ns.limit),
+    }
+    peer = runs["peer_st_cosent"]
+    print(f"\nSTS-B test Spearman x100 before training: {baseline:.2f}")
+    print("| run | stsb_test | pairs/s | vs peer (spearman) | vs peer (speed) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, r in runs.items():
+        print(
+            f"| {name} | {r['stsb_test']:.2f} | {r['pairs_per_s']:.1f} | {r['stsb_test'] - peer['stsb_test']:+.2f} "
+            f"| {r['pairs_per_s'] / peer['pairs_per_s']:.2f}x |"
+        )
+    result = {
+        "runs": runs,
+        "baseline_stsb_test": baseline,
+        "settings": {
+            "batch": BATCH,
+            "max_length": MAX_LEN,
+            "lr": LR,
+            "warmup_ratio": WARMUP,
+            "seed": SEED,
+            "epochs": 1,
+            "limit": ns.limit,
+            "threads": ns.threads,
+        },
+        "env": {
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+        },
+    }
+    if ns.limit is None:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

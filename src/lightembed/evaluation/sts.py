@@ -1,0 +1,110 @@
+"""STS evaluation: cosine similarity of sentence pairs against gold scores, Spearman and Pearson (x100)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import PurePath
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
+
+from lightembed.data.sources import load_source
+from lightembed.stages.base import EmbeddingModule
+
+STS_COLUMNS = ("sentence1", "sentence2", "score")
+
+
+@dataclass(frozen=True)
+class STSResult:
+    """One STS set's scores: Spearman and Pearson correlation of cosine similarity with gold scores, x100."""
+
+    name: str
+    source: str
+    spearman: float
+    pearson: float
+    pairs: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sts_name(source: str, split: str = "test") -> str:
+    """A short name for an STS source.
+
+    ``sts/stsb/test.jsonl`` -> ``stsb_test``; the Hub id ``mteb/sickr-sts`` with split ``test`` -> ``sickr-sts_test``.
+    """
+    path = PurePath(source)
+    if path.suffix:
+        return f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
+    return f"{path.name.split(':')[0]}_{split}"
+
+
+def parse_named_sources(specs: list[str], split: str = "test") -> dict[str, str]:
+    """``["name=source", "source"]`` -> ``{name: source}``; unnamed sources get :func:`sts_name`."""
+    named: dict[str, str] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep:
+            name, source = sts_name(spec, split), spec
+        if name in named:
+            raise ValueError(f"two STS sets are named {name!r}: name them explicitly with NAME=SOURCE")
+        named[name] = source
+    return named
+
+
+def sts_correlation(
+    encoder: EmbeddingModule,
+    sentence1: list[str],
+    sentence2: list[str],
+    scores: torch.Tensor,
+    batch_size: int = 64,
+    precision: str = "float32",
+    name: str = "sts",
+) -> tuple[float, float]:
+    """Spearman and Pearson (x100) between ``cos(e(s1), e(s2))`` and ``scores``; each distinct text is encoded once."""
+    if scores.numel() < 2 or torch.all(scores == scores[0]):
+        raise ValueError(f"STS set {name!r}: scores are constant (or fewer than 2 pairs), Spearman is undefined")
+    texts = list(dict.fromkeys(sentence1 + sentence2))
+    index = {text: i for i, text in enumerate(texts)}
+    embeddings = encoder.encode(texts, batch_size=batch_size, precision=precision)  # (T, H)
+    left = embeddings[torch.tensor([index[s] for s in sentence1])]  # (N, H)
+    right = embeddings[torch.tensor([index[s] for s in sentence2])]  # (N, H)
+    cosine = F.cosine_similarity(left, right, dim=-1).double()  # (N,)
+    gold = scores.double()
+    return float(spearman_corrcoef(cosine, gold)) * 100, float(pearson_corrcoef(cosine, gold)) * 100
+
+
+def evaluate_sts(
+    encoder: EmbeddingModule,
+    sources: dict[str, str],
+    split: str = "test",
+    data_root: str | None = None,
+    batch_size: int = 64,
+    precision: str = "float32",
+) -> list[STSResult]:
+    """Evaluate ``encoder`` on named STS sources (local files or Hub ids with sentence1, sentence2, score)."""
+    results = []
+    for name, source in sources.items():
+        dataset = load_source(source, columns=STS_COLUMNS, split=split, data_root=data_root)
+        spearman, pearson = sts_correlation(
+            encoder,
+            list(dataset["sentence1"]),
+            list(dataset["sentence2"]),
+            torch.tensor(dataset["score"], dtype=torch.float64),
+            batch_size=batch_size,
+            precision=precision,
+            name=name,
+        )
+        results.append(STSResult(name, source, spearman, pearson, len(dataset)))
+    return results
+
+
+def format_table(results: list[STSResult]) -> str:
+    """A markdown table of STS results, with the mean Spearman as the last row when there are several sets."""
+    lines = ["| set | pairs | spearman | pearson |", "|---|---:|---:|---:|"]
+    lines += [f"| {r.name} | {r.pairs} | {r.spearman:.2f} | {r.pearson:.2f} |" for r in results]
+    if len(results) > 1:
+        mean = sum(r.spearman for r in results) / len(results)
+        lines.append(f"| **mean** | | **{mean:.2f}** | |")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""EmbeddingModule: the part every stage shares — load a backbone, encode and pool, optimise, validate on STS."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+from transformers import get_scheduler
+
+from lightembed.backbones import load_backbone, load_tokenizer
+from lightembed.pooling import POOLING_STRATEGIES, pool
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """AdamW with the usual fine-tuning defaults (lr 2e-5, weight decay 0.01)."""
+    return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
+
+
+class EmbeddingModule(L.LightningModule):
+    """A text encoder: backbone + pooling, with ``encode`` for inference and STS validation for every stage.
+
+    Subclasses add a ``training_step``; this class owns model loading (idempotent ``configure_model``, FSDP-safe),
+    the optimizer and warmup schedule, and STS validation/test metrics (cosine Spearman, logged as
+    ``val/<set>_spearman`` and ``test/<set>_spearman``, plus ``val/spearman_mean`` over the sets).
+
+    Args:
+        model: backbone as a Hub id, local folder, or ``packaged:<name>``.
+        pooling: one of ``cls``, ``mean``, ``max``, ``last_token``, ``weighted_mean``.
+        max_length: token limit used by ``encode`` (the data module takes the same value through a CLI link).
+        normalize: L2-normalise the output of ``encode`` and of an exported model.
+        dtype: weight dtype of the backbone (``float32``; ``bfloat16`` for bf16-true training).
+        bidirectional: for decoders, switch attention to bidirectional (``None`` keeps the family default).
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to save memory.
+        optimizer: builds the optimizer from parameter groups (weight decay is off for biases and norms).
+        warmup_ratio: fraction of the training steps spent warming the learning rate up from 0.
+        scheduler: learning-rate shape after warmup.
+    """
+
+    def __init__(
+        self,
+        model: str = "packaged:all-MiniLM-L6-v2",
+        pooling: str = "mean",
+        max_length: int = 128,
+        normalize: bool = False,
+        dtype: str = "float32",
+        bidirectional: bool | None = None,
+        gradient_checkpointing: bool = False,
+        optimizer: OptimizerCallable = default_optimizer,
+        warmup_ratio: float = 0.1,
+        scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLING_STRATEGIES:
+            raise ValueError(
+                f"unknown pooling {pooling!r} (option `pooling`); choose one of {list(POOLING_STRATEGIES)}"
+            )
+        if not 0.0 <= warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+        self.save_hyperparameters(ignore=["optimizer", "loss"])
+        self.model_name = model
+        self.pooling = pooling
+        self.max_length = max_length
+        self.normalize = normalize
+        self.optimizer_factory = optimizer
+        self.tokenizer = load_tokenizer(model)
+        self.backbone: nn.Module | None = None
+        self.val_names: list[str] = []
+        self.test_names: list[str] = []
+        self.val_metrics = nn.ModuleList()
+        self.test_metrics = nn.ModuleList()
+
+    # ------------------------------------------------------------------ model
+    def configure_model(self) -> None:
+        """Load the backbone once (Lightning may call this several times, e.g. under FSDP or on reload)."""
+        if self.backbone is not None:
+            return
+        hp = self.hparams
+        self.backbone = load_backbone(hp.model, dtype=hp.dtype, bidirectional=hp.bidirectional)
+        self.backbone.train(self.training)  # from_pretrained returns eval mode; dropout must follow the module
+        if hp.gradient_checkpointing:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def embed(self, features: dict[str, Tensor]) -> Tensor:
+        """Run the backbone on tokenised features and pool: ``(B, L)`` ids -> ``(B, H)`` embeddings."""
+        if self.backbone is None:
+            self.configure_model()
+        inputs = {k: features[k] for k in MODEL_INPUTS if k in features}
+        hidden = self.backbone(**inputs).last_hidden_state  # (B, L, H)
+        return pool(hidden, features["attention_mask"], self.pooling, pool_mask=features.get("pool_mask"))
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        normalize: bool | None = None,
+        precision: Literal["float32", "bfloat16"] = "float32",
+    ) -> Tensor:
+        """Embed texts: ``N`` strings -> ``(N, H)`` float32 tensor on CPU, in the input order.
+
+        Texts are sorted by length so each batch pads little; ``precision="bfloat16"`` runs under bf16 autocast.
+        """
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"encode: text #{i} is empty or not a string: {text!r}")
+        self.configure_model()
+        normalize = self.normalize if normalize is None else normalize
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        was_training = self.training
+        self.eval()
+        chunks = []
+        try:
+            with self._autocast(precision):
+                for start in range(0, len(order), batch_size):
+                    batch = [texts[i] for i in order[start : start + batch_size]]
+                    features = self.tokenizer(
+                        batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                    ).to(self.device)
+                    chunks.append(self.embed(features).float().cpu())
+        finally:
+            self.train(was_training)
+        if not chunks:
+            return torch.empty(0, self.embedding_dim)
+        sorted_embeddings = torch.cat(chunks)  # (N, H) in length order
+        embeddings = torch.empty_like(sorted_embeddings)
+        embeddings[torch.tensor(order)] = sorted_embeddings
+        return F.normalize(embeddings, dim=-1) if normalize else embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        self.configure_model()
+        return self.backbone.config.hidden_size
+
+    def _autocast(self, precision: str) -> contextlib.AbstractContextManager:
+        if precision == "bfloat16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        if precision != "float32":
+            raise ValueError(f"unknown precision {precision!r}; choose float32 or bfloat16")
+        return contextlib.nullcontext()
+
+    # -------------------------------------------------------------- optimiser
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        model = self.trainer.model if self._trainer is not None else self
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in named if p.ndim >= 2]
+        no_decay = [p for n, p in named if p.ndim < 2]
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = self.optimizer_factory(self._parameter_groups())
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(self.hparams.warmup_ratio * total)
+        schedule = get_scheduler(self.hparams.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ------------------------------------------------------------- STS eval
+    def setup(self, stage: str) -> None:
+        self.configure_model()
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.val_names = list(getattr(datamodule, "val_names", None) or [])
+        self.test_names = list(getattr(datamodule, "test_names", None) or [])
+        self.val_metrics = self._sts_metrics(len(self.val_names))
+        self.test_metrics = self._sts_metrics(len(self.test_names))
+
+    def _sts_metrics(self, n: int) -> nn.ModuleList:
+        return nn.ModuleList(
+            nn.ModuleDict({"spearman": SpearmanCorrCoef(), "pearson": PearsonCorrCoef()}) for _ in range(n)
+        )
+
+    def _sts_update(self, metrics: nn.ModuleList, batch: dict[str, Any], dataloader_idx: int) -> None:
+        if dataloader_idx >= len(metrics):
+            raise ValueError(
+                f"STS dataloader #{dataloader_idx} has no name: give the data module `val_names`/`test_names`"
+            )
+        anchor = self.embed(batch["anchor"]).float()  # (B, H)
+        positive = self.embed(batch["positive"]).float()  # (B, H)
+        cosine = F.cosine_similarity(anchor, positive, dim=-1)  # (B,)
+        for metric in metrics[dataloader_idx].values():
+            metric.update(cosine, batch["score"].float())
+
+    def _sts_log(self, prefix: str, names: list[str], metrics: nn.ModuleList) -> None:
+        spearmans = []
+        for name, group in zip(names, metrics, strict=True):
+            spearman = group["spearman"].compute() * 100
+            self.log(f"{prefix}/{name}_spearman", spearman, add_dataloader_idx=False)
+            self.log(f"{prefix}/{name}_pearson", group["pearson"].compute() * 100, add_dataloader_idx=False)
+            spearmans.append(spearman)
+            for metric in group.values():
+                metric.reset()
+        if spearmans:
+            self.log(f"{prefix}/spearman_mean", torch.stack(spearmans).mean(), add_dataloader_idx=False)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._sts_update(self.val_metrics, batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._sts_log("val", self.val_names, self.val_metrics)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._sts_update(self.test_metrics, batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._sts_log("test", self.test_names, self.test_metrics)

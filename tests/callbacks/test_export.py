@@ -1,0 +1,35 @@
+"""A lightembed export loads in sentence-transformers offline and gives the same embeddings (±1e-5)."""
+
+import pytest
+import torch
+
+from lightembed.api import load_encoder
+from lightembed.callbacks import export_sentence_transformers
+from lightembed.stages import EmbeddingModule
+
+TEXTS = ["A man is playing a guitar.", "Someone plays music on stage tonight.", "Short."]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls", "max", "last_token", "weighted_mean"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_sentence_transformers_gives_the_same_embeddings(tiny_bert_dir, tmp_path, pooling, normalize):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    module = EmbeddingModule(model=str(tiny_bert_dir), pooling=pooling, normalize=normalize, max_length=64)
+    folder = export_sentence_transformers(module, tmp_path / "export")
+    peer = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    ours = module.encode(TEXTS)
+    theirs = torch.as_tensor(peer.encode(TEXTS, convert_to_numpy=True))
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_export_reloads_in_lightembed_with_its_settings(tiny_bert_dir, tmp_path):
+    module = EmbeddingModule(model=str(tiny_bert_dir), pooling="max", normalize=True, max_length=48)
+    folder = export_sentence_transformers(module, tmp_path / "export")
+    reloaded = load_encoder(str(folder))
+    assert (reloaded.pooling, reloaded.normalize, reloaded.max_length) == ("max", True, 48)
+    torch.testing.assert_close(reloaded.encode(TEXTS), module.encode(TEXTS))
+
+
+def test_packaged_sentence_transformers_folder_settings_are_read(minilm_path):
+    encoder = load_encoder(str(minilm_path))
+    assert (encoder.pooling, encoder.normalize, encoder.max_length) == ("mean", True, 256)

@@ -1,0 +1,129 @@
+"""ContrastiveModule: a real training loop on a tiny random BERT, STS validation metrics, encode."""
+
+import lightning as L
+import pytest
+import torch
+
+from lightembed.data import PairDataModule
+from lightembed.losses import AnglELoss, CoSENTLoss
+from lightembed.stages import ContrastiveModule, EmbeddingModule
+
+
+def _module(tiny_bert_dir, **kwargs) -> ContrastiveModule:
+    return ContrastiveModule(model=str(tiny_bert_dir), max_length=32, **kwargs)
+
+
+def _data(tiny_bert_dir, sts_file, **kwargs) -> PairDataModule:
+    return PairDataModule(
+        train=str(sts_file),
+        val={"tiny": str(sts_file)},
+        test={"tiny": str(sts_file)},
+        tokenizer=str(tiny_bert_dir),
+        max_length=32,
+        batch_size=8,
+        **kwargs,
+    )
+
+
+def _trainer(tmp_path, **kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("loss", [AnglELoss(), CoSENTLoss()], ids=["angle", "cosent"])
+def test_fit_logs_sts_metrics_and_changes_weights(tiny_bert_dir, sts_file, tmp_path, loss):
+    L.seed_everything(0)
+    module = _module(tiny_bert_dir, loss=loss)
+    module.configure_model()
+    before = {k: v.clone() for k, v in module.backbone.state_dict().items()}
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False)
+    trainer.fit(module, datamodule=_data(tiny_bert_dir, sts_file))
+    metrics = trainer.callback_metrics
+    for key in ("val/tiny_spearman", "val/tiny_pearson", "val/spearman_mean", "train/loss"):
+        assert key in metrics and torch.isfinite(metrics[key])
+    assert -100 <= metrics["val/tiny_spearman"] <= 100
+    changed = [k for k, v in module.backbone.state_dict().items() if not torch.equal(v, before[k])]
+    assert "embeddings.word_embeddings.weight" in changed and len(changed) > 10
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch(tiny_bert_dir, sts_file):
+    torch.manual_seed(0)
+    module = _module(tiny_bert_dir, loss=CoSENTLoss())
+    module.configure_model()
+    data = _data(tiny_bert_dir, sts_file)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(15):
+        loss = module.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_validate_and_test_report_the_same_spearman_as_the_evaluator(tiny_bert_dir, sts_file, tmp_path):
+    from lightembed.evaluation.sts import evaluate_sts
+
+    module = _module(tiny_bert_dir)
+    trainer = _trainer(tmp_path)
+    [tested] = trainer.test(module, datamodule=_data(tiny_bert_dir, sts_file), verbose=False)
+    [result] = evaluate_sts(module, {"tiny": str(sts_file)})
+    assert tested["test/tiny_spearman"] == pytest.approx(result.spearman, abs=1e-3)
+
+
+def test_encode_keeps_the_input_order_and_matches_single_calls(tiny_bert_dir):
+    module = _module(tiny_bert_dir)
+    texts = ["a short one", "a much longer sentence than the first one is", "mid length text"]
+    batch = module.encode(texts, batch_size=2)
+    singles = torch.cat([module.encode([t]) for t in texts])
+    assert batch.shape == (3, 32)
+    torch.testing.assert_close(batch, singles, atol=1e-5, rtol=1e-5)
+
+
+def test_encode_bf16_is_close_to_fp32(tiny_bert_dir):
+    module = _module(tiny_bert_dir, normalize=True)
+    texts = ["one sentence", "another sentence here"]
+    cosine = (module.encode(texts) * module.encode(texts, precision="bfloat16")).sum(-1)
+    assert torch.all(cosine > 0.99)
+
+
+def test_encode_rejects_empty_text(tiny_bert_dir):
+    with pytest.raises(ValueError, match="#1"):
+        _module(tiny_bert_dir).encode(["fine", "  "])
+
+
+def test_unknown_pooling_names_the_option(tiny_bert_dir):
+    with pytest.raises(ValueError, match="pooling"):
+        EmbeddingModule(model=str(tiny_bert_dir), pooling="median")
+
+
+def test_configure_model_is_idempotent(tiny_bert_dir):
+    module = _module(tiny_bert_dir)
+    module.configure_model()
+    backbone = module.backbone
+    module.configure_model()
+    assert module.backbone is backbone
+
+
+def test_checkpoint_reloads_with_the_same_embeddings(tiny_bert_dir, sts_file, tmp_path):
+    from lightembed.api import load_encoder
+
+    L.seed_everything(0)
+    module = _module(tiny_bert_dir)
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=1)
+    trainer.fit(module, datamodule=_data(tiny_bert_dir, sts_file))
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    reloaded = load_encoder(str(ckpt))
+    texts = ["a man plays guitar", "the sky is blue"]
+    torch.testing.assert_close(reloaded.encode(texts), module.encode(texts))

@@ -1,0 +1,80 @@
+"""The lightembed command: fit from the shipped YAML (tiny overrides), evaluate, errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lightembed.cli import cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(tiny_bert_dir, sts_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/trainer/cpu.yaml"),
+            "--config",
+            str(ROOT / "configs/model/angle_minilm.yaml"),
+            "--config",
+            str(ROOT / "configs/data/stsb.yaml"),
+            "--model.init_args.model",
+            str(tiny_bert_dir),
+            "--model.init_args.max_length",
+            "32",
+            "--data.init_args.train",
+            str(sts_file),
+            "--data.init_args.val",
+            json.dumps({"tiny": str(sts_file)}),
+            "--data.init_args.test",
+            json.dumps({"tiny": str(sts_file)}),
+            "--data.init_args.batch_size",
+            "4",
+            "--trainer.max_steps",
+            "3",
+            "--trainer.val_check_interval",
+            "3",
+            "--trainer.logger.init_args.name",
+            "clitest",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    run = tmp_path / "checkpoints" / "clitest" / "version_0"
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    assert (run / "export" / "modules.json").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "config.yaml").is_file()
+
+
+def test_evaluate_prints_a_table_and_writes_json(tiny_bert_dir, sts_file, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    cli_main(["evaluate", str(tiny_bert_dir), "--sts", f"tiny={sts_file}", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "| tiny | 12 |" in printed
+    report = json.loads(out.read_text())
+    assert -100 <= report["sts"]["tiny"]["spearman"] <= 100
+
+
+def test_evaluate_missing_model_names_the_path(tmp_path, sts_file):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        cli_main(["evaluate", str(tmp_path / "nowhere"), "--sts", str(sts_file)])
+
+
+def test_evaluate_constant_scores_is_an_error(tiny_bert_dir, tmp_path):
+    path = tmp_path / "flat.jsonl"
+    path.write_text(
+        "".join(json.dumps({"sentence1": f"a {i}", "sentence2": f"b {i}", "score": 3.0}) + "\n" for i in range(4))
+    )
+    with pytest.raises(ValueError, match="constant"):
+        cli_main(["evaluate", str(tiny_bert_dir), "--sts", str(path)])
+
+
+def test_module_entry_point_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    assert "--model" in capsys.readouterr().out
