@@ -33,3 +33,21 @@ def test_export_reloads_in_lightembed_with_its_settings(tiny_bert_dir, tmp_path)
 def test_packaged_sentence_transformers_folder_settings_are_read(minilm_path):
     encoder = load_encoder(str(minilm_path))
     assert (encoder.pooling, encoder.normalize, encoder.max_length) == ("mean", True, 256)
+
+
+def test_lora_backbone_is_exported_merged_with_its_adapter(tiny_bert_dir, tmp_path):
+    from lightembed.lora import LoRASettings
+
+    module = EmbeddingModule(model=str(tiny_bert_dir), lora=LoRASettings(r=4, alpha=8))
+    module.configure_model()
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():  # a non-zero adapter, so the merge has something to do
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    folder = export_sentence_transformers(module, tmp_path / "export")
+    assert (folder / "adapter" / "adapter_config.json").is_file()
+    reloaded = load_encoder(str(folder))
+    assert not any("lora_" in n for n, _ in reloaded.named_parameters())
+    torch.testing.assert_close(reloaded.encode(TEXTS), module.encode(TEXTS), atol=1e-5, rtol=1e-5)

@@ -1,5 +1,6 @@
-"""Lightning callbacks: export, and (later) LoRA hand-off between stages."""
+"""Lightning callbacks: export to a sentence-transformers folder, LoRA hand-off between stages."""
 
 from lightembed.callbacks.export import ExportCallback, export_sentence_transformers
+from lightembed.callbacks.lora_handoff import LoRAHandoff
 
-__all__ = ["ExportCallback", "export_sentence_transformers"]
+__all__ = ["ExportCallback", "LoRAHandoff", "export_sentence_transformers"]

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from peft import PeftModel
+from torch import nn
 
+from lightembed.lora import merge_into_base, save_adapter
 from lightembed.stages.base import EmbeddingModule
 
 log = logging.getLogger(__name__)
@@ -29,16 +32,30 @@ def _write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
+def merged_backbone(module: EmbeddingModule, adapter_folder: str | Path) -> nn.Module:
+    """The module's backbone as a plain model: a LoRA/QLoRA adapter is saved to ``adapter_folder`` and merged into
+    the full-precision base reloaded from disk (:func:`lightembed.lora.merge_into_base`); other backbones as they are.
+    """
+    backbone = module.backbone
+    if not isinstance(backbone, PeftModel):
+        return backbone
+    save_adapter(backbone, adapter_folder)
+    base = backbone.peft_config[backbone.active_adapter].base_model_name_or_path
+    return merge_into_base(base, adapter_folder, bidirectional=module.hparams.get("bidirectional"))
+
+
 def export_sentence_transformers(module: EmbeddingModule, folder: str | Path) -> Path:
     """Write ``module`` as a sentence-transformers folder: HF weights + tokenizer, pooling, optional normalisation.
 
-    The folder also carries ``lightembed.json`` (pooling, normalize, max_length) so lightembed reloads it with the
-    same settings. Returns the folder.
+    A LoRA backbone is exported merged (its adapter is kept in ``<folder>/adapter`` for a next stage's
+    ``LoRASettings.init_from``). The folder also carries ``lightembed.json`` (pooling, normalize, max_length) so
+    lightembed reloads it with the same settings, and is a plain HF model folder a next stage can start from.
+    Returns the folder.
     """
     folder = Path(folder)
     module.configure_model()
     folder.mkdir(parents=True, exist_ok=True)
-    module.backbone.save_pretrained(folder)
+    merged_backbone(module, folder / "adapter").save_pretrained(folder)
     module.tokenizer.save_pretrained(folder)
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},

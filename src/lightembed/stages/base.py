@@ -15,6 +15,7 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from transformers import get_scheduler
 
 from lightembed.backbones import load_backbone, load_tokenizer
+from lightembed.lora import LoRASettings, apply_lora, load_quantized
 from lightembed.pooling import POOLING_STRATEGIES, pool
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -40,6 +41,8 @@ class EmbeddingModule(L.LightningModule):
         dtype: weight dtype of the backbone (``float32``; ``bfloat16`` for bf16-true training).
         bidirectional: for decoders, switch attention to bidirectional (``None`` keeps the family default).
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to save memory.
+        lora: train a LoRA adapter instead of every weight (``None``: full fine-tuning).
+        quantization: ``4bit`` loads the base with bitsandbytes NF4 (QLoRA; needs ``lora``).
         optimizer: builds the optimizer from parameter groups (weight decay is off for biases and norms).
         warmup_ratio: fraction of the training steps spent warming the learning rate up from 0.
         scheduler: learning-rate shape after warmup.
@@ -54,11 +57,15 @@ class EmbeddingModule(L.LightningModule):
         dtype: str = "float32",
         bidirectional: bool | None = None,
         gradient_checkpointing: bool = False,
+        lora: LoRASettings | None = None,
+        quantization: Literal["none", "4bit"] = "none",
         optimizer: OptimizerCallable = default_optimizer,
         warmup_ratio: float = 0.1,
         scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
     ) -> None:
         super().__init__()
+        if quantization != "none" and lora is None:
+            raise ValueError(f"quantization={quantization!r} trains an adapter on a frozen base: also set `lora`")
         if pooling not in POOLING_STRATEGIES:
             raise ValueError(
                 f"unknown pooling {pooling!r} (option `pooling`); choose one of {list(POOLING_STRATEGIES)}"
@@ -84,7 +91,11 @@ class EmbeddingModule(L.LightningModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        self.backbone = load_backbone(hp.model, dtype=hp.dtype, bidirectional=hp.bidirectional)
+        if hp.quantization == "4bit":
+            backbone = load_quantized(hp.model, compute_dtype="float32", bidirectional=hp.bidirectional)
+        else:
+            backbone = load_backbone(hp.model, dtype=hp.dtype, bidirectional=hp.bidirectional)
+        self.backbone = apply_lora(backbone, hp.lora) if hp.lora is not None else backbone
         self.backbone.train(self.training)  # from_pretrained returns eval mode; dropout must follow the module
         if hp.gradient_checkpointing:
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

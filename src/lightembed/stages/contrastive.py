@@ -7,6 +7,7 @@ from typing import Any, Literal
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from lightembed.lora import LoRASettings
 from lightembed.losses import AnglELoss
 from lightembed.stages.base import EmbeddingModule, default_optimizer
 
@@ -33,6 +34,8 @@ class ContrastiveModule(EmbeddingModule):
         dtype: str = "float32",
         bidirectional: bool | None = None,
         gradient_checkpointing: bool = False,
+        lora: LoRASettings | None = None,
+        quantization: Literal["none", "4bit"] = "none",
         optimizer: OptimizerCallable = default_optimizer,
         warmup_ratio: float = 0.1,
         scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
@@ -45,6 +48,8 @@ class ContrastiveModule(EmbeddingModule):
             dtype=dtype,
             bidirectional=bidirectional,
             gradient_checkpointing=gradient_checkpointing,
+            lora=lora,
+            quantization=quantization,
             optimizer=optimizer,
             warmup_ratio=warmup_ratio,
             scheduler=scheduler,
