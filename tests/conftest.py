@@ -83,3 +83,48 @@ def sts_file(tmp_path):
         for s1, s2, score in STS_ROWS:
             f.write(json.dumps({"sentence1": s1, "sentence2": s2, "score": score}) + "\n")
     return path
+
+
+def _tiny_llama(folder: Path, tokenizer, tie: bool) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random 2-layer Llama causal LM (hidden 32, untied output head) with the MiniLM tokenizer."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer, tie=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_tied_dir(tmp_path_factory, tokenizer) -> Path:
+    """Like ``tiny_llama_dir`` with tied input/output embeddings (as SmolLM2)."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama-tied"), tokenizer, tie=True)
+
+
+@pytest.fixture
+def corpus_file(tmp_path) -> Path:
+    """A small raw-WikiText style corpus: headings, blank lines and 40 sentences."""
+    lines = [" = Title = ", ""]
+    for i in range(40):
+        lines.append(f" Sentence number {i} talks about topic {i % 7} and the weather on day {i}. ")
+        if i % 10 == 9:
+            lines += ["", " = = Section = = ", ""]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path

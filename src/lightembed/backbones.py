@@ -32,30 +32,34 @@ class Family:
         kind: ``"encoder"`` (bidirectional already) or ``"decoder"`` (causal unless switched).
         padding_side: the padding side pooling and batching expect for this family.
         load_kwargs: extra keyword arguments for ``AutoModel.from_pretrained``.
+        dropout_fields: the config fields that set the model's dropout rates (SimCSE's augmentation).
     """
 
     kind: str
     padding_side: str = "right"
     load_kwargs: dict[str, Any] = field(default_factory=dict)
+    dropout_fields: tuple[str, ...] = ()
 
 
-_BERT_LIKE = Family("encoder", load_kwargs={"add_pooling_layer": False})
+_BERT_DROPOUT = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+_BERT_LIKE = Family("encoder", load_kwargs={"add_pooling_layer": False}, dropout_fields=_BERT_DROPOUT)
+_DECODER = Family("decoder", dropout_fields=("attention_dropout",))
 FAMILIES: dict[str, Family] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
-    "electra": Family("encoder"),
+    "electra": Family("encoder", dropout_fields=_BERT_DROPOUT),
     "mpnet": _BERT_LIKE,
-    "distilbert": Family("encoder"),
-    "deberta-v2": Family("encoder"),
-    "modernbert": Family("encoder"),
+    "distilbert": Family("encoder", dropout_fields=("dropout", "attention_dropout")),
+    "deberta-v2": Family("encoder", dropout_fields=_BERT_DROPOUT),
+    "modernbert": Family("encoder", dropout_fields=("attention_dropout", "mlp_dropout", "embedding_dropout")),
     # Decoders whose attention honours ``config.is_causal`` in transformers 5 (bidirectional switch, LLM2Vec).
-    "llama": Family("decoder"),
-    "mistral": Family("decoder"),
-    "qwen2": Family("decoder"),
-    "qwen3": Family("decoder"),
-    "gemma": Family("decoder"),
-    "gemma2": Family("decoder"),
+    "llama": _DECODER,
+    "mistral": _DECODER,
+    "qwen2": _DECODER,
+    "qwen3": _DECODER,
+    "gemma": _DECODER,
+    "gemma2": _DECODER,
 }
 
 
@@ -122,6 +126,7 @@ def load_backbone(
     dtype: str = "float32",
     bidirectional: bool | None = None,
     attn_implementation: str | None = "sdpa",
+    dropout: float | None = None,
 ) -> PreTrainedModel:
     """Load the base model (no task head) of an encoder or decoder.
 
@@ -130,14 +135,20 @@ def load_backbone(
         dtype: ``float32``, ``bfloat16`` or ``float16`` weights.
         bidirectional: for decoders, ``True`` switches to bidirectional attention; ``None`` keeps the family default.
         attn_implementation: passed to transformers (``sdpa``, ``eager``, or a registered custom function).
+        dropout: set every dropout rate of the family (hidden and attention); ``None`` keeps the model's own.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} (option `dtype`); choose one of {sorted(DTYPES)}")
     path = resolve_model_path(name_or_path)
     config = AutoConfig.from_pretrained(path)
     family = family_of(config, name_or_path)
+    overrides: dict[str, Any] = {}
+    if dropout is not None:
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout} (option `dropout`)")
+        overrides = {name: dropout for name in family.dropout_fields}
     model = AutoModel.from_pretrained(
-        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **family.load_kwargs
+        path, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **family.load_kwargs, **overrides
     )
     if bidirectional is not None:
         set_bidirectional(model, bidirectional)

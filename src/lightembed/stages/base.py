@@ -40,6 +40,7 @@ class EmbeddingModule(L.LightningModule):
         normalize: L2-normalise the output of ``encode`` and of an exported model.
         dtype: weight dtype of the backbone (``float32``; ``bfloat16`` for bf16-true training).
         bidirectional: for decoders, switch attention to bidirectional (``None`` keeps the family default).
+        dropout: every dropout rate of the backbone (hidden and attention); ``None`` keeps the model's own.
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to save memory.
         lora: train a LoRA adapter instead of every weight (``None``: full fine-tuning).
         quantization: ``4bit`` loads the base with bitsandbytes NF4 (QLoRA; needs ``lora``).
@@ -56,6 +57,7 @@ class EmbeddingModule(L.LightningModule):
         normalize: bool = False,
         dtype: str = "float32",
         bidirectional: bool | None = None,
+        dropout: float | None = None,
         gradient_checkpointing: bool = False,
         lora: LoRASettings | None = None,
         quantization: Literal["none", "4bit"] = "none",
@@ -64,6 +66,8 @@ class EmbeddingModule(L.LightningModule):
         scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
     ) -> None:
         super().__init__()
+        if quantization != "none" and dropout is not None:
+            raise ValueError("`dropout` is not supported with `quantization` yet: leave it unset for QLoRA")
         if quantization != "none" and lora is None:
             raise ValueError(f"quantization={quantization!r} trains an adapter on a frozen base: also set `lora`")
         if pooling not in POOLING_STRATEGIES:
@@ -84,6 +88,7 @@ class EmbeddingModule(L.LightningModule):
         self.test_names: list[str] = []
         self.val_metrics = nn.ModuleList()
         self.test_metrics = nn.ModuleList()
+        self.sts_val_offset = 0
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -94,7 +99,7 @@ class EmbeddingModule(L.LightningModule):
         if hp.quantization == "4bit":
             backbone = load_quantized(hp.model, compute_dtype="float32", bidirectional=hp.bidirectional)
         else:
-            backbone = load_backbone(hp.model, dtype=hp.dtype, bidirectional=hp.bidirectional)
+            backbone = load_backbone(hp.model, dtype=hp.dtype, bidirectional=hp.bidirectional, dropout=hp.dropout)
         self.backbone = apply_lora(backbone, hp.lora) if hp.lora is not None else backbone
         self.backbone.train(self.training)  # from_pretrained returns eval mode; dropout must follow the module
         if hp.gradient_checkpointing:
@@ -177,7 +182,10 @@ class EmbeddingModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self.configure_model()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        self.val_names = list(getattr(datamodule, "val_names", None) or [])
+        all_val = list(getattr(datamodule, "val_names", None) or [])
+        # Data modules that put other validation loaders first (e.g. held-out text) name their STS sets apart.
+        self.val_names = list(getattr(datamodule, "sts_val_names", all_val))
+        self.sts_val_offset = len(all_val) - len(self.val_names)
         self.test_names = list(getattr(datamodule, "test_names", None) or [])
         self.val_metrics = self._sts_metrics(len(self.val_names))
         self.test_metrics = self._sts_metrics(len(self.test_names))
@@ -211,7 +219,8 @@ class EmbeddingModule(L.LightningModule):
             self.log(f"{prefix}/spearman_mean", torch.stack(spearmans).mean(), add_dataloader_idx=False)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._sts_update(self.val_metrics, batch, dataloader_idx)
+        """Score STS loaders; stages with other validation loaders (before the STS ones) override and delegate."""
+        self._sts_update(self.val_metrics, batch, dataloader_idx - self.sts_val_offset)
 
     def on_validation_epoch_end(self) -> None:
         self._sts_log("val", self.val_names, self.val_metrics)

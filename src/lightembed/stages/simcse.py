@@ -1,0 +1,88 @@
+"""Unsupervised SimCSE stage: two dropout views of the same sentence are each other's positive."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+
+from lightembed.backbones import family_of
+from lightembed.lora import LoRASettings
+from lightembed.losses import InBatchNegativesLoss
+from lightembed.stages.base import EmbeddingModule, default_optimizer
+
+
+class SimCSEModule(EmbeddingModule):
+    """Unsupervised SimCSE (Gao et al. 2021, arXiv 2104.08821); LLM2Vec step 3 on a bidirectional decoder.
+
+    Each batch of sentences is encoded twice in one forward pass (the batch is stacked with itself); dropout makes
+    the two views differ, and the in-batch InfoNCE loss (τ = 0.05) pulls each sentence's views together. Identical
+    sentences in a batch share ``text_ids`` and count as positives, not negatives.
+
+    Batches come from :class:`~lightembed.data.CorpusDataModule` with ``objective="simcse"``: ``text`` (tokenised)
+    and ``text_ids``. Validation: STS Spearman on the data module's STS sets.
+
+    Args:
+        loss: the contrastive loss on the two views; ``None`` is ``InBatchNegativesLoss(temperature=0.05)``.
+        dropout: the augmentation: every dropout rate of the backbone (SimCSE 0.1 for BERT, LLM2Vec 0.3 for
+            decoders, whose attention dropout is 0 by default). A backbone whose dropout is all zero is an error.
+        (other arguments: see :class:`~lightembed.stages.base.EmbeddingModule`)
+    """
+
+    def __init__(
+        self,
+        model: str = "packaged:all-MiniLM-L6-v2",
+        loss: nn.Module | None = None,
+        pooling: str = "mean",
+        max_length: int = 128,
+        normalize: bool = False,
+        dtype: str = "float32",
+        bidirectional: bool | None = None,
+        dropout: float | None = None,
+        gradient_checkpointing: bool = False,
+        lora: LoRASettings | None = None,
+        quantization: Literal["none", "4bit"] = "none",
+        optimizer: OptimizerCallable = default_optimizer,
+        warmup_ratio: float = 0.1,
+        scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
+    ) -> None:
+        super().__init__(
+            model=model,
+            pooling=pooling,
+            max_length=max_length,
+            normalize=normalize,
+            dtype=dtype,
+            bidirectional=bidirectional,
+            dropout=dropout,
+            gradient_checkpointing=gradient_checkpointing,
+            lora=lora,
+            quantization=quantization,
+            optimizer=optimizer,
+            warmup_ratio=warmup_ratio,
+            scheduler=scheduler,
+        )
+        self.loss = loss if loss is not None else InBatchNegativesLoss(temperature=0.05)
+
+    def configure_model(self) -> None:
+        if self.backbone is not None:
+            return
+        super().configure_model()
+        config = self.backbone.config
+        rates = {name: getattr(config, name, 0.0) or 0.0 for name in family_of(config).dropout_fields}
+        if not any(rate > 0 for rate in rates.values()):
+            raise ValueError(
+                f"SimCSE needs dropout as its augmentation, but {self.model_name!r} has {rates or 'no dropout'}: "
+                "set the stage option `dropout` (e.g. 0.1 for BERT, 0.3 for decoders as in LLM2Vec)"
+            )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        features = batch["text"]
+        size = features["input_ids"].shape[0]
+        stacked = {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in features.items()}  # (2B, L)
+        views = self.embed(stacked)  # (2B, H): rows i and B+i are two dropout views of sentence i
+        first, second = views[:size], views[size:]  # (B, H), (B, H)
+        ids = batch.get("text_ids")
+        loss = self.loss(first, second, anchor_ids=ids, positive_ids=ids)
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
