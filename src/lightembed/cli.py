@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightembed.pipeline import pipeline_main
 from lightembed.stages.base import EmbeddingModule
 
 
@@ -68,13 +69,20 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     parser.add_argument("--max-length", type=int, default=None, help="override the model's token limit")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--instruction", default=None, help="prefix for every sentence, excluded from pooling")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON here")
     ns = parser.parse_args(list(argv))
 
     encoder = load_encoder(ns.model, pooling=ns.pooling, max_length=ns.max_length)
     sources = parse_named_sources(ns.sts, ns.split)
     results = evaluate_sts(
-        encoder, sources, split=ns.split, data_root=ns.data_root, batch_size=ns.batch_size, precision=ns.precision
+        encoder,
+        sources,
+        split=ns.split,
+        data_root=ns.data_root,
+        batch_size=ns.batch_size,
+        precision=ns.precision,
+        instruction=ns.instruction,
     )
     print(f"model: {ns.model}  pooling: {encoder.pooling}  precision: {ns.precision}")
     print(format_table(results))
@@ -82,6 +90,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
         "model": ns.model,
         "pooling": encoder.pooling,
         "precision": ns.precision,
+        "instruction": ns.instruction,
         "sts": {r.name: r.to_dict() for r in results},
     }
     if ns.json:
@@ -90,7 +99,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     return report
 
 
-COMMANDS = {"evaluate": evaluate_main}
+COMMANDS = {"evaluate": evaluate_main, "pipeline": pipeline_main}
 
 
 def cli_main(args: Sequence[str] | None = None) -> None:

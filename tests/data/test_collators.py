@@ -95,3 +95,25 @@ def test_inconsistent_rows_and_bad_options(tokenizer):
         PairCollator(SimpleNamespace(pad_token=None))
     with pytest.raises(ValueError, match="max_length"):
         PairCollator(tokenizer, max_length=0)
+
+
+def test_instruction_tokens_are_excluded_from_the_pool_mask(tokenizer):
+    from lightembed.data.collators import PairCollator
+
+    instruction = "Retrieve semantically similar text: "
+    collate = PairCollator(tokenizer, max_length=32, instructions={"anchor": instruction})
+    batch = collate([{"anchor": "a cat sits", "positive": "a feline rests"}, {"anchor": "dogs", "positive": "hounds"}])
+    anchor = batch["anchor"]
+    plain = tokenizer(["a cat sits", "dogs"])["input_ids"]
+    for row, ids in enumerate(plain):
+        kept = anchor["input_ids"][row][anchor["pool_mask"][row].bool()].tolist()
+        assert kept == ids[1:-1]  # the text's own tokens, without [CLS]/[SEP] and without the instruction
+    assert "pool_mask" not in batch["positive"]
+    assert batch["anchor_ids"].tolist() == [0, 1]  # ids come from the texts, not the instruction
+
+
+def test_instruction_for_an_unknown_field_is_an_error(tokenizer):
+    from lightembed.data.collators import PairCollator
+
+    with pytest.raises(ValueError, match="instructions"):
+        PairCollator(tokenizer, instructions={"query": "x"})

@@ -12,6 +12,11 @@ Rows are dicts with ``anchor`` and ``positive`` (str), optionally ``negative`` (
         "anchor_ids", "positive_ids"[, "negative_ids"]: int64 (B,),
     }
 
+With ``instructions`` (e.g. ``{"anchor": "Retrieve semantically similar text: "}``) a field's texts are prefixed with
+the instruction and that field's features also hold ``pool_mask`` (B, L): the attention mask with the instruction's
+tokens zeroed, so pooling averages over the text only (LLM2Vec, instructed queries). Duplicate ids are computed on
+the texts without the instruction.
+
 Each field is padded to its own longest sequence (dynamic padding). ``*_ids`` number the distinct normalised texts
 (stripped, case-folded, whitespace collapsed) of the whole batch across all fields, so a loss can tell a real
 duplicate from a true negative (equal ids = same text) without hashing collisions.
@@ -48,9 +53,12 @@ class PairCollator:
     Args:
         tokenizer: a Hugging Face tokenizer with a pad token.
         max_length: longest sequence kept per text; longer texts are truncated.
+        instructions: field -> instruction prefixed to that field's texts and excluded from pooling.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 128) -> None:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, max_length: int = 128, instructions: Mapping[str, str] | None = None
+    ) -> None:
         if tokenizer.pad_token is None:
             raise ValueError(
                 f"tokenizer {type(tokenizer).__name__} has no pad token; dynamic padding needs one "
@@ -60,12 +68,42 @@ class PairCollator:
             raise ValueError(f"max_length must be positive, got {max_length}")
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.instructions = dict(instructions or {})
+        unknown = set(self.instructions) - set(TEXT_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"instructions for unknown fields {sorted(unknown)} (option `instructions`); use {TEXT_FIELDS}"
+            )
+        if self.instructions and not getattr(tokenizer, "is_fast", False):
+            raise ValueError("instructions need a fast tokenizer (character offsets locate the instruction's tokens)")
 
-    def _encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+    def encode_texts(self, texts: list[str], instruction: str | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize ``texts`` (dynamic padding); with ``instruction``, prefix it and add ``pool_mask`` without it."""
+        if not instruction:
+            encoded = self.tokenizer(
+                texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+            return dict(encoded)  # input_ids, attention_mask[, token_type_ids]: (B, L)
         encoded = self.tokenizer(
-            texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+            [instruction + text for text in texts],
+            padding="longest",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=True,
         )
-        return dict(encoded)  # input_ids, attention_mask[, token_type_ids]: (B, L)
+        offsets = encoded.pop("offset_mapping")  # (B, L, 2) character span of each token
+        features = dict(encoded)
+        # A token belongs to the text when it ends after the instruction; specials have the empty span (0, 0).
+        in_text = offsets[..., 1] > len(instruction)  # (B, L)
+        features["pool_mask"] = features["attention_mask"] * in_text.to(features["attention_mask"].dtype)  # (B, L)
+        empty = (features["pool_mask"].sum(dim=1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"rows {empty}: no token of the text is left after the instruction {instruction!r} "
+                f"within max_length={self.max_length}"
+            )
+        return features
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if not rows:
@@ -83,7 +121,7 @@ class PairCollator:
         ids: dict[str, int] = {}  # normalised text -> id, shared by all fields of this batch
         for field in fields:
             texts = [row[field] for row in rows]
-            batch[field] = self._encode(texts)
+            batch[field] = self.encode_texts(texts, self.instructions.get(field))
             keys = [ids.setdefault(normalize_text(t), len(ids)) for t in texts]
             batch[f"{field}_ids"] = torch.tensor(keys, dtype=torch.int64)  # (B,)
         if "score" in expected:
@@ -113,7 +151,7 @@ class SentenceCollator(PairCollator):
         texts = [row if isinstance(row, str) else row["text"] for row in rows]
         ids: dict[str, int] = {}
         keys = [ids.setdefault(normalize_text(t), len(ids)) for t in texts]
-        return {"text": self._encode(texts), "text_ids": torch.tensor(keys, dtype=torch.int64)}  # (B,)
+        return {"text": self.encode_texts(texts), "text_ids": torch.tensor(keys, dtype=torch.int64)}  # (B,)
 
 
 IGNORE_INDEX = -100

@@ -80,6 +80,10 @@ class PairDataModule(LightningDataModule):
         nli_scores: score per NLI label for ``nli_pairs``; default entailment 1.0, neutral 0.5, contradiction 0.0.
         on_bad_row: ``"error"`` stops on an empty text, bad score or unknown NLI label, naming file and row;
             ``"skip"`` drops such rows and logs how many.
+        instructions: training field -> instruction prefixed to its texts and excluded from pooling, e.g.
+            ``{"anchor": "Given a premise, retrieve a hypothesis that is entailed by the premise: "}`` (LLM2Vec).
+        eval_instruction: instruction prefixed to both sentences of validation/test STS pairs (excluded from
+            pooling), e.g. ``"Retrieve semantically similar text: "``.
     """
 
     def __init__(
@@ -103,6 +107,8 @@ class PairDataModule(LightningDataModule):
         score_range: tuple[float, float] | None = None,
         nli_scores: dict[str, float] | None = None,
         on_bad_row: Literal["error", "skip"] = "error",
+        instructions: dict[str, str] | None = None,
+        eval_instruction: str | None = None,
     ) -> None:
         super().__init__()
         if train_format not in DEFAULT_COLUMNS:
@@ -136,6 +142,8 @@ class PairDataModule(LightningDataModule):
         self.score_range = score_range
         self.nli_scores = nli_scores
         self.on_bad_row = on_bad_row
+        self.instructions = dict(instructions or {})
+        self.eval_instructions = {"anchor": eval_instruction, "positive": eval_instruction} if eval_instruction else {}
 
         self.train_dataset: datasets.Dataset | None = None
         self.val_datasets: list[datasets.Dataset] | None = None
@@ -230,14 +238,14 @@ class PairDataModule(LightningDataModule):
             ds,
             batch_size=batch_size,
             shuffle=False,
-            collate_fn=PairCollator(self.tokenizer, self.max_length),
+            collate_fn=PairCollator(self.tokenizer, self.max_length, self.eval_instructions),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
         ds = self._require(self.train_dataset, "train")
-        collate = PairCollator(self.tokenizer, self.max_length)
+        collate = PairCollator(self.tokenizer, self.max_length, self.instructions)
         workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
         if self.length_grouping:
             batch_sampler = LengthGroupedBatchSampler(self.train_lengths(), self.batch_size, seed=self.seed)

@@ -61,13 +61,14 @@ def sts_correlation(
     batch_size: int = 64,
     precision: str = "float32",
     name: str = "sts",
+    instruction: str | None = None,
 ) -> tuple[float, float]:
     """Spearman and Pearson (x100) between ``cos(e(s1), e(s2))`` and ``scores``; each distinct text is encoded once."""
     if scores.numel() < 2 or torch.all(scores == scores[0]):
         raise ValueError(f"STS set {name!r}: scores are constant (or fewer than 2 pairs), Spearman is undefined")
     texts = list(dict.fromkeys(sentence1 + sentence2))
     index = {text: i for i, text in enumerate(texts)}
-    embeddings = encoder.encode(texts, batch_size=batch_size, precision=precision)  # (T, H)
+    embeddings = encoder.encode(texts, batch_size=batch_size, precision=precision, instruction=instruction)  # (T, H)
     left = embeddings[torch.tensor([index[s] for s in sentence1])]  # (N, H)
     right = embeddings[torch.tensor([index[s] for s in sentence2])]  # (N, H)
     cosine = F.cosine_similarity(left, right, dim=-1).double()  # (N,)
@@ -82,8 +83,12 @@ def evaluate_sts(
     data_root: str | None = None,
     batch_size: int = 64,
     precision: str = "float32",
+    instruction: str | None = None,
 ) -> list[STSResult]:
-    """Evaluate ``encoder`` on named STS sources (local files or Hub ids with sentence1, sentence2, score)."""
+    """Evaluate ``encoder`` on named STS sources (local files or Hub ids with sentence1, sentence2, score).
+
+    ``instruction`` is prefixed to every sentence and excluded from pooling (instructed decoders).
+    """
     results = []
     for name, source in sources.items():
         dataset = load_source(source, columns=STS_COLUMNS, split=split, data_root=data_root)
@@ -95,6 +100,7 @@ def evaluate_sts(
             batch_size=batch_size,
             precision=precision,
             name=name,
+            instruction=instruction,
         )
         results.append(STSResult(name, source, spearman, pearson, len(dataset)))
     return results

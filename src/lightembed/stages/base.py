@@ -15,6 +15,7 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from transformers import get_scheduler
 
 from lightembed.backbones import load_backbone, load_tokenizer
+from lightembed.data.collators import PairCollator
 from lightembed.lora import LoRASettings, apply_lora, load_quantized
 from lightembed.pooling import POOLING_STRATEGIES, pool
 
@@ -120,10 +121,12 @@ class EmbeddingModule(L.LightningModule):
         batch_size: int = 64,
         normalize: bool | None = None,
         precision: Literal["float32", "bfloat16"] = "float32",
+        instruction: str | None = None,
     ) -> Tensor:
         """Embed texts: ``N`` strings -> ``(N, H)`` float32 tensor on CPU, in the input order.
 
         Texts are sorted by length so each batch pads little; ``precision="bfloat16"`` runs under bf16 autocast.
+        ``instruction`` is prefixed to every text and excluded from pooling (instructed decoders, LLM2Vec).
         """
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
@@ -131,6 +134,7 @@ class EmbeddingModule(L.LightningModule):
         self.configure_model()
         normalize = self.normalize if normalize is None else normalize
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        tokenize = PairCollator(self.tokenizer, self.max_length).encode_texts
         was_training = self.training
         self.eval()
         chunks = []
@@ -138,9 +142,7 @@ class EmbeddingModule(L.LightningModule):
             with self._autocast(precision):
                 for start in range(0, len(order), batch_size):
                     batch = [texts[i] for i in order[start : start + batch_size]]
-                    features = self.tokenizer(
-                        batch, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-                    ).to(self.device)
+                    features = {k: v.to(self.device) for k, v in tokenize(batch, instruction).items()}
                     chunks.append(self.embed(features).float().cpu())
         finally:
             self.train(was_training)
