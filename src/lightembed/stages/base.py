@@ -78,6 +78,8 @@ class EmbeddingModule(L.LightningModule):
         if not 0.0 <= warmup_ratio < 1.0:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.save_hyperparameters(ignore=["optimizer", "loss"])
+        # hparams hold plain values (LightningCLI and checkpoints store the settings as a dict)
+        self.lora_settings = LoRASettings(**lora) if isinstance(lora, dict) else lora
         self.model_name = model
         self.pooling = pooling
         self.max_length = max_length
@@ -101,7 +103,7 @@ class EmbeddingModule(L.LightningModule):
             backbone = load_quantized(hp.model, compute_dtype="float32", bidirectional=hp.bidirectional)
         else:
             backbone = load_backbone(hp.model, dtype=hp.dtype, bidirectional=hp.bidirectional, dropout=hp.dropout)
-        self.backbone = apply_lora(backbone, hp.lora) if hp.lora is not None else backbone
+        self.backbone = apply_lora(backbone, self.lora_settings) if self.lora_settings is not None else backbone
         self.backbone.train(self.training)  # from_pretrained returns eval mode; dropout must follow the module
         if hp.gradient_checkpointing:
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
