@@ -1,0 +1,104 @@
+"""LLM2Vec on SmolLM2-135M-Instruct: STS-B test Spearman (mean pooling) after each step, and wall time per stage.
+
+Steps: causal baseline -> bidirectional attention without training -> +MNTP -> +unsupervised SimCSE -> +supervised
+(AnglE on SNLI triplets). The three training stages run through the pipeline command with
+configs/pipelines/llm2vec_smollm2.yaml; every score comes from the same STS evaluator (cosine Spearman x100, no
+instruction, fp32).
+
+    python benchmarks/llm2vec_smollm2.py [--data-root ../shared/data] [--output checkpoints/bench_llm2vec]
+
+Rerunning resumes the pipeline (finished stages are skipped). Writes benchmarks/results/llm2vec_smollm2.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+
+from lightembed.api import load_encoder  # noqa: E402
+from lightembed.data.sources import resolve_data_root  # noqa: E402
+from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
+from lightembed.pipeline import load_pipeline, run_pipeline  # noqa: E402
+from lightembed.stages import EmbeddingModule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = ROOT / "configs" / "pipelines" / "llm2vec_smollm2.yaml"
+MODEL = "packaged:SmolLM2-135M-Instruct"
+TEST = {"stsb_test": "sts/stsb/test.jsonl"}
+RESULTS = Path(__file__).parent / "results" / "llm2vec_smollm2.json"
+
+
+def stsb_test(encoder: EmbeddingModule, data_root: str) -> float:
+    [result] = evaluate_sts(encoder, TEST, data_root=data_root, batch_size=64)
+    return round(result.spearman, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", default=None, help="folder holding sts/, nli/, corpus/ (else $LIGHTEMBED_DATA)")
+    parser.add_argument("--output", default=str(ROOT / "checkpoints" / "bench_llm2vec_smollm2"))
+    parser.add_argument("--threads", type=int, default=2)
+    ns = parser.parse_args()
+    root = resolve_data_root(ns.data_root)
+    if root is None:
+        sys.exit("set --data-root or LIGHTEMBED_DATA to the folder holding sts/, nli/ and corpus/ (../shared/data)")
+    data_root = str(root)
+    os.environ["LIGHTEMBED_DATA"] = data_root  # the stage configs use paths relative to the data root
+    torch.set_num_threads(ns.threads)
+
+    steps: dict[str, dict[str, float]] = {}
+    for name, bidirectional in (("causal", False), ("bidirectional", True)):
+        encoder = EmbeddingModule(model=MODEL, pooling="mean", max_length=128, bidirectional=bidirectional)
+        steps[name] = {"stsb_test": stsb_test(encoder, data_root)}
+        print(f"{name}: {steps[name]['stsb_test']:.2f}", flush=True)
+        del encoder
+
+    start = time.perf_counter()
+    manifest = run_pipeline(load_pipeline(PIPELINE, ns.output))
+    pipeline_seconds = time.perf_counter() - start
+    stage_seconds = {}
+    for stage in load_pipeline(PIPELINE, ns.output).stages:
+        record = manifest["stages"][stage.name]
+        encoder = load_encoder(record["output"], pooling="mean", max_length=128)
+        steps[stage.name] = {"stsb_test": stsb_test(encoder, data_root)}
+        stage_seconds[stage.name] = record["wall_time_s"]
+        print(f"{stage.name}: {steps[stage.name]['stsb_test']:.2f} ({record['wall_time_s']:.0f} s)", flush=True)
+        del encoder
+
+    print("\n| step | STS-B test Spearman x100 | stage wall time (s) |")
+    print("|---|---:|---:|")
+    for name, result in steps.items():
+        seconds = stage_seconds.get(name)
+        print(f"| {name} | {result['stsb_test']:.2f} | {'' if seconds is None else f'{seconds:.0f}'} |")
+    print(f"chain wall time: {sum(stage_seconds.values()) / 60:.1f} min (this invocation: {pipeline_seconds / 60:.1f})")
+    result = {
+        "steps": steps,
+        "stage_seconds": stage_seconds,
+        "chain_minutes": round(sum(stage_seconds.values()) / 60, 2),
+        "pipeline": str(PIPELINE.relative_to(ROOT)),
+        "env": {
+            "torch": torch.__version__,
+            "lightning": L.__version__,
+            "python": platform.python_version(),
+            "threads": ns.threads,
+            "cpu": platform.processor() or platform.machine(),
+        },
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
