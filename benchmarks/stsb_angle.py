@@ -64,7 +64,9 @@ def stsb_test(model, data_root: str) -> float:
     return round(result.spearman, 2)
 
 
-def run_lightembed(loss: torch.nn.Module, precision: str, length_grouping: bool, data_root: str, limit: int | None):
+def run_lightembed(
+    loss: torch.nn.Module, precision: str, length_grouping: bool, data_root: str, limit: int | None, clip: float = 1.0
+):
     L.seed_everything(SEED, verbose=False)
     module = ContrastiveModule(
         model=MODEL,
@@ -90,6 +92,7 @@ def run_lightembed(loss: torch.nn.Module, precision: str, length_grouping: bool,
         devices=1,
         precision=precision,
         max_epochs=1,
+        gradient_clip_val=clip,  # the peer's trainer clips the gradient norm at 1.0 by default
         limit_train_batches=(limit // BATCH) if limit else None,
         logger=False,
         enable_checkpointing=False,
