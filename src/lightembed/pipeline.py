@@ -76,8 +76,8 @@ Execution
 =========
 Stages run in this process, one after the other, through :func:`lightembed.cli.build_cli` (the same code path as
 ``lightembed fit``): simple, and metrics come straight from the trainer. Under DDP with Lightning's subprocess
-launcher every rank re-runs the command and so walks the same stages; only global rank 0 writes the manifest,
-moves folders and evaluates.
+launcher every rank re-runs the command and so walks the same stages; only global rank 0 holds the lock, writes
+the manifest, moves folders and evaluates.
 """
 
 from __future__ import annotations
