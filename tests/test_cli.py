@@ -10,7 +10,9 @@ from lightembed.cli import cli_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(tiny_bert_dir, sts_file, tmp_path, monkeypatch):
+def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(
+    tiny_bert_dir, sts_file, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     cli_main(
         [
@@ -48,6 +50,7 @@ def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(tiny_ber
     assert (run / "export" / "modules.json").is_file()
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "config.yaml").is_file()
+    assert "test/tiny_spearman" in capsys.readouterr().out  # the best checkpoint is tested after fit
 
 
 def test_evaluate_prints_a_table_and_writes_json(tiny_bert_dir, sts_file, tmp_path, capsys):

@@ -30,7 +30,7 @@ class LightembedCLI(LightningCLI):
         parser.link_arguments("model.init_args.max_length", "data.init_args.max_length")
 
     def after_fit(self) -> None:
-        if getattr(self.datamodule, "test", None) and not self.trainer.fast_dev_run:
+        if getattr(self.datamodule, "test_sources", None) and not self.trainer.fast_dev_run:
             ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
