@@ -107,7 +107,8 @@ def test_two_stages_hand_off_write_the_manifest_and_rerun_only_what_is_missing(
         assert stage["steps"] == 2 * STEPS_PER_EPOCH
         assert stage["seed"] == 0 and stage["resumed_from"] is None
         assert stage["git_commit"] is None or len(stage["git_commit"]) == 40
-        assert isinstance(stage["metrics"]["val/spearman_mean"], float)
+        assert isinstance(stage["metrics"]["val/spearman_mean"], float)  # end of fit
+        assert isinstance(stage["metrics"]["test/tiny_spearman"], float)  # the test pass after fit
         assert stage["wall_time_s"] > 0
         train = stage["data"]["train"]["files"][0]
         assert train["sha256"] == hashlib.sha256(sts_file.read_bytes()).hexdigest()

@@ -32,7 +32,11 @@ class LightembedCLI(LightningCLI):
     def after_fit(self) -> None:
         if getattr(self.datamodule, "test_sources", None) and not self.trainer.fast_dev_run:
             ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
+            fit_metrics = dict(self.trainer.callback_metrics)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            # keep the fit's train/val metrics beside the test ones (the test pass resets callback_metrics)
+            for name, value in fit_metrics.items():
+                self.trainer.callback_metrics.setdefault(name, value)
 
 
 def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LightembedCLI:

@@ -51,9 +51,10 @@ Manifest
 of the stage's parsed configs, args, input and seed), ``resumed_from``, ``attempts``, ``error`` (when failed),
 ``git_commit``, ``seed``, ``config_file`` and ``config`` (the config LightningCLI saved), ``data`` (sha256 of every
 local train/val/test file, or the Hub id), ``steps`` (``trainer.global_step``), ``metrics``
-(``trainer.callback_metrics``), ``wall_time_s`` (of the last attempt), ``started_at``/``finished_at``.
-``evaluation`` holds the final STS results. A stage is marked ``done`` only after its export folder is complete
-(``lightembed.json`` is written last), so a killed pipeline never shows a stage as done that is not.
+(``trainer.callback_metrics`` at the end of fit, plus those of the test pass after it), ``wall_time_s`` (of the last
+attempt), ``started_at``/``finished_at``. ``evaluation`` holds the final STS results. A stage is marked ``done``
+only after its export folder is complete (``lightembed.json`` is written last), so a killed pipeline never shows a
+stage as done that is not.
 
 Resume
 ======
@@ -316,6 +317,8 @@ class ResumeCheckpoint(Checkpoint):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
         self.base_seed: int | None = None
+        self.fit_metrics: dict[str, float] = {}
+        """``trainer.callback_metrics`` at the end of ``fit`` (a later ``test`` pass replaces the trainer's)."""
 
     @property
     def path(self) -> Path:
@@ -352,6 +355,9 @@ class ResumeCheckpoint(Checkpoint):
                 shutil.rmtree(self.path)
             os.replace(partial, self.path)
         trainer.strategy.barrier("ResumeCheckpoint")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_metrics = _metrics(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"base_seed": self.base_seed}
@@ -527,7 +533,14 @@ def _export_folder(trainer: L.Trainer) -> Path:
     return Path(folder or Path(trainer.log_dir or trainer.default_root_dir) / EXPORT_DIR).resolve()
 
 
+def _stage_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The metrics at the end of ``fit`` (``val/...``) and of the test pass that follows it (``test/...``)."""
+    fit = next((c.fit_metrics for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), {})
+    return {**fit, **_metrics(trainer)}
+
+
 def _metrics(trainer: L.Trainer) -> dict[str, float]:
+    """``trainer.callback_metrics`` as floats (scalars only)."""
     metrics = {}
     for key, value in trainer.callback_metrics.items():
         if isinstance(value, torch.Tensor) and value.numel() == 1:
@@ -783,7 +796,7 @@ def _run(spec: PipelineSpec, dry_run: bool) -> dict:
             seed=config.get("seed_everything", spec.seed),
             data=_fingerprint_data(config),
             steps=int(trainer.global_step),
-            metrics=_metrics(trainer),
+            metrics=_stage_metrics(trainer),
             wall_time_s=round(time.perf_counter() - start, 3),
             finished_at=_now(),
         )

@@ -99,8 +99,8 @@ class ExportCallback(L.Callback):
             state = torch.load(best, map_location=pl_module.device, weights_only=False)["state_dict"]
             pl_module.load_state_dict(state)
             log.info("export: loaded best checkpoint %s", best)
+        run_dir = trainer.log_dir or trainer.default_root_dir  # on every rank: log_dir is a collective call
         if trainer.is_global_zero:
-            run_dir = trainer.log_dir or trainer.default_root_dir
             folder = export_sentence_transformers(pl_module, self.folder or Path(run_dir) / "export")
             log.info("export: wrote sentence-transformers folder %s", folder)
         trainer.strategy.barrier()
