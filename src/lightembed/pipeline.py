@@ -317,8 +317,6 @@ class ResumeCheckpoint(Checkpoint):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
         self.base_seed: int | None = None
-        self.fit_metrics: dict[str, float] = {}
-        """``trainer.callback_metrics`` at the end of ``fit`` (a later ``test`` pass replaces the trainer's)."""
 
     @property
     def path(self) -> Path:
@@ -355,9 +353,6 @@ class ResumeCheckpoint(Checkpoint):
                 shutil.rmtree(self.path)
             os.replace(partial, self.path)
         trainer.strategy.barrier("ResumeCheckpoint")
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.fit_metrics = _metrics(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"base_seed": self.base_seed}
@@ -531,12 +526,6 @@ def _export_callback(trainer: L.Trainer) -> ExportCallback:
 def _export_folder(trainer: L.Trainer) -> Path:
     folder = _export_callback(trainer).folder
     return Path(folder or Path(trainer.log_dir or trainer.default_root_dir) / EXPORT_DIR).resolve()
-
-
-def _stage_metrics(trainer: L.Trainer) -> dict[str, float]:
-    """The metrics at the end of ``fit`` (``val/...``) and of the test pass that follows it (``test/...``)."""
-    fit = next((c.fit_metrics for c in trainer.callbacks if isinstance(c, ResumeCheckpoint)), {})
-    return {**fit, **_metrics(trainer)}
 
 
 def _metrics(trainer: L.Trainer) -> dict[str, float]:
@@ -796,7 +785,7 @@ def _run(spec: PipelineSpec, dry_run: bool) -> dict:
             seed=config.get("seed_everything", spec.seed),
             data=_fingerprint_data(config),
             steps=int(trainer.global_step),
-            metrics=_stage_metrics(trainer),
+            metrics=_metrics(trainer),  # the CLI keeps the fit's metrics beside those of its test pass
             wall_time_s=round(time.perf_counter() - start, 3),
             finished_at=_now(),
         )
