@@ -140,3 +140,31 @@ def test_dropout_option_reaches_the_config(tiny_llama_dir, tiny_bert_dir):
     config = bert.backbone.config
     assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob) == (0.25, 0.25)
     assert json.loads(config.to_json_string())["hidden_dropout_prob"] == 0.25
+
+
+def test_lora_checkpoint_holds_only_the_adapter_and_reloads_exactly(tiny_llama_dir, corpus_file, tmp_path):
+    from lightembed.api import load_encoder
+
+    L.seed_everything(0)
+    module = MNTPModule(model=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8))
+    data = CorpusDataModule(
+        train=str(corpus_file), objective="mntp", format="wikitext", tokenizer=str(tiny_llama_dir), max_length=16
+    )
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(module, datamodule=data)
+    ckpt = tmp_path / "adapter.ckpt"
+    trainer.save_checkpoint(ckpt)
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(saved) == trainable and all("lora_" in n for n in saved)
+    assert len(saved) < len(module.state_dict())
+
+    # the frozen base comes back from `model`, the adapter from the checkpoint, and strict loading still holds
+    texts = ["a man plays guitar", "the sky is blue"]
+    torch.testing.assert_close(load_encoder(str(ckpt)).encode(texts), module.encode(texts))
+    # resuming a fit restores the adapter too (configure_model runs before the state is loaded)
+    resumed = MNTPModule(model=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8))
+    _trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(resumed, datamodule=data, ckpt_path=ckpt)
+    for name, value in module.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)
