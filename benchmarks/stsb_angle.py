@@ -59,15 +59,22 @@ def angle() -> AnglELoss:
     return AnglELoss(ibn_min_score=4.0)
 
 
-def stsb_test(model, data_root: str) -> float:
-    [result] = evaluate_sts(model, {"stsb_test": TEST}, data_root=data_root, batch_size=128)
+def stsb_test(model, data_root: str, split_file: str = TEST) -> float:
+    [result] = evaluate_sts(model, {"stsb": split_file}, data_root=data_root, batch_size=128)
     return round(result.spearman, 2)
 
 
 def run_lightembed(
-    loss: torch.nn.Module, precision: str, length_grouping: bool, data_root: str, limit: int | None, clip: float = 1.0
+    loss: torch.nn.Module,
+    precision: str,
+    length_grouping: bool,
+    data_root: str,
+    limit: int | None,
+    clip: float = 1.0,
+    seed: int = SEED,
+    eval_file: str = TEST,
 ):
-    L.seed_everything(SEED, verbose=False)
+    L.seed_everything(seed, verbose=False)
     module = ContrastiveModule(
         model=MODEL,
         loss=loss,
@@ -84,7 +91,7 @@ def run_lightembed(
         max_length=MAX_LEN,
         batch_size=BATCH,
         length_grouping=length_grouping,
-        seed=SEED,
+        seed=seed,
     )
     timer = TrainTimer()
     trainer = L.Trainer(
@@ -102,7 +109,7 @@ def run_lightembed(
     )
     trainer.fit(module, datamodule=data)
     pairs = min(limit or len(data.train_dataset), len(data.train_dataset))
-    return {"stsb_test": stsb_test(module, data_root), "pairs_per_s": round(pairs / timer.seconds, 2)}
+    return {"stsb_test": stsb_test(module, data_root, eval_file), "pairs_per_s": round(pairs / timer.seconds, 2)}
 
 
 def run_peer(data_root: str, limit: int | None):
