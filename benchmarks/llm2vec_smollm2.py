@@ -57,12 +57,16 @@ def main() -> None:
     os.environ["LIGHTEMBED_DATA"] = data_root  # the stage configs use paths relative to the data root
     torch.set_num_threads(ns.threads)
 
-    steps: dict[str, dict[str, float]] = {}
+    # the untrained baselines do not depend on the pipeline: scored once per output folder (5 min of fp32 encoding)
+    baselines_file = Path(ns.output) / "baselines.json"
+    steps: dict[str, dict[str, float]] = json.loads(baselines_file.read_text()) if baselines_file.is_file() else {}
     for name, bidirectional in (("causal", False), ("bidirectional", True)):
-        encoder = EmbeddingModule(model=MODEL, pooling="mean", max_length=128, bidirectional=bidirectional)
-        steps[name] = {"stsb_test": stsb_test(encoder, data_root)}
+        if name not in steps:
+            encoder = EmbeddingModule(model=MODEL, pooling="mean", max_length=128, bidirectional=bidirectional)
+            steps[name] = {"stsb_test": stsb_test(encoder, data_root)}
+            baselines_file.parent.mkdir(parents=True, exist_ok=True)
+            baselines_file.write_text(json.dumps(steps, indent=2) + "\n")
         print(f"{name}: {steps[name]['stsb_test']:.2f}", flush=True)
-        del encoder
 
     start = time.perf_counter()
     manifest = run_pipeline(load_pipeline(PIPELINE, ns.output))
