@@ -168,3 +168,31 @@ def test_lora_checkpoint_holds_only_the_adapter_and_reloads_exactly(tiny_llama_d
     _trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(resumed, datamodule=data, ckpt_path=ckpt)
     for name, value in module.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)
+
+
+def test_lora_stage_exports_from_its_adapter_only_best_checkpoint(tiny_llama_dir, corpus_file, tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightembed.api import load_encoder
+    from lightembed.callbacks import ExportCallback
+
+    L.seed_everything(0)
+    module = MNTPModule(model=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8))
+    data = CorpusDataModule(
+        train=str(corpus_file), objective="mntp", format="wikitext", tokenizer=str(tiny_llama_dir), max_length=16
+    )
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=1)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[checkpoint, ExportCallback(folder=str(tmp_path / "export"))],
+    )
+    trainer.fit(module, datamodule=data)
+    assert checkpoint.best_model_path
+    texts = ["a man plays guitar", "the sky is blue"]
+    torch.testing.assert_close(load_encoder(str(tmp_path / "export")).encode(texts), module.encode(texts))

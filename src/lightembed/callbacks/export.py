@@ -96,8 +96,9 @@ class ExportCallback(L.Callback):
             raise TypeError(f"ExportCallback needs an EmbeddingModule, got {type(pl_module).__name__}")
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.use_best else ""
         if best:
-            state = torch.load(best, map_location=pl_module.device, weights_only=False)["state_dict"]
-            pl_module.load_state_dict(state)
+            checkpoint = torch.load(best, map_location=pl_module.device, weights_only=False)
+            pl_module.on_load_checkpoint(checkpoint)  # refills the frozen base of an adapter-only checkpoint
+            pl_module.load_state_dict(checkpoint["state_dict"])
             log.info("export: loaded best checkpoint %s", best)
         run_dir = trainer.log_dir or trainer.default_root_dir  # on every rank: log_dir is a collective call
         if trainer.is_global_zero:
