@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from transformers import get_scheduler
 
+from lightembed import gradcache
 from lightembed.backbones import load_backbone, load_tokenizer
 from lightembed.data.collators import PairCollator
 from lightembed.lora import LoRASettings, apply_lora, load_quantized
 from lightembed.pooling import POOLING_STRATEGIES, pool
+from lightembed.strategies import shard_blocks
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # checkpoint key marking an adapter-only state dict; its value is the base the frozen weights come from
@@ -52,6 +55,11 @@ class EmbeddingModule(L.LightningModule):
         warmup_ratio: fraction of the training steps spent warming the learning rate up from 0.
         scheduler: learning-rate shape after warmup.
     """
+
+    # Contrastive stages set these from their constructor (``micro_batch_size``, ``gather_across_devices``).
+    micro_batch_size: int | None = None
+    gather_across_devices: bool = False
+    batch_is_the_negatives = False  # the loss compares rows of a batch: accumulation is not a bigger batch
 
     def __init__(
         self,
@@ -97,11 +105,14 @@ class EmbeddingModule(L.LightningModule):
         self.val_metrics = nn.ModuleList()
         self.test_metrics = nn.ModuleList()
         self.sts_val_offset = 0
+        self._sharded = False
+        self._grads_from_step = False
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
         """Load the backbone once (Lightning may call this several times, e.g. under FSDP or on reload)."""
         if self.backbone is not None:
+            self._shard()  # built before the strategy set a device mesh (e.g. by `setup` or a test)
             return
         hp = self.hparams
         if hp.quantization == "4bit":
@@ -112,6 +123,15 @@ class EmbeddingModule(L.LightningModule):
         self.backbone.train(self.training)  # from_pretrained returns eval mode; dropout must follow the module
         if hp.gradient_checkpointing:
             self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self._shard()
+
+    def _shard(self) -> None:
+        """Under FSDP2 (``FSDP2Strategy``: a device mesh is set) shard each block with ``fully_shard``, once."""
+        mesh = self.device_mesh if self._trainer is not None else None
+        if mesh is None or self._sharded:
+            return
+        shard_blocks(self.backbone, mesh)
+        self._sharded = True
 
     def embed(self, features: dict[str, Tensor]) -> Tensor:
         """Run the backbone on tokenised features and pool: ``(B, L)`` ids -> ``(B, H)`` embeddings."""
@@ -120,6 +140,62 @@ class EmbeddingModule(L.LightningModule):
         inputs = {k: features[k] for k in MODEL_INPUTS if k in features}
         hidden = self.backbone(**inputs).last_hidden_state  # (B, L, H)
         return pool(hidden, features["attention_mask"], self.pooling, pool_mask=features.get("pool_mask"))
+
+    def contrastive_loss(
+        self,
+        fields: Mapping[str, Mapping[str, Tensor]],
+        loss_fn: Callable[[dict[str, Tensor]], Tensor],
+        batch_idx: int = 0,
+    ) -> Tensor:
+        """Embed each field (``{"anchor": features, ...}``) and return ``loss_fn({field: (B, H)})``.
+
+        With ``micro_batch_size`` set this is a GradCache step (:func:`lightembed.gradcache.cached_loss`): the
+        embeddings are computed in micro-batches and the gradients of all but the last micro-batch are accumulated
+        here, so the trainer's zero-grad for this step is done before them (see :meth:`optimizer_zero_grad`).
+        """
+        if self.micro_batch_size is None:
+            return loss_fn({name: self.embed(features) for name, features in fields.items()})
+        grad_scale = 1.0
+        if self._trainer is not None and self.trainer.training:
+            accumulate = self.trainer.accumulate_grad_batches
+            grad_scale = 1.0 / accumulate  # Lightning divides the returned loss by it before backward
+            if batch_idx % accumulate == 0:  # Lightning would zero the gradients after this step: do it before
+                optimizers = self.optimizers(use_pl_optimizer=False)
+                for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+                    optimizer.zero_grad()
+                self._grads_from_step = True
+        return gradcache.cached_loss(self.embed, fields, loss_fn, self.micro_batch_size, grad_scale=grad_scale)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the gradients, unless a GradCache step already did and accumulated part of this step's gradients."""
+        if self._grads_from_step:
+            self._grads_from_step = False
+            return
+        optimizer.zero_grad()
+
+    def on_fit_start(self) -> None:
+        """Check the scaling options against the trainer: accumulation semantics, GradCache sizes and precision."""
+        trainer = self.trainer
+        if self.batch_is_the_negatives and trainer.accumulate_grad_batches > 1:
+            rank_zero_warn(
+                f"accumulate_grad_batches={trainer.accumulate_grad_batches} averages gradients of separate batches; "
+                "it is not a bigger contrastive batch (each loss still sees only its own batch's negatives). For "
+                "more in-batch negatives use a bigger batch with `micro_batch_size` (GradCache) and/or "
+                "`gather_across_devices`."
+            )
+        if self.micro_batch_size is None:
+            return
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            raise ValueError(
+                f"micro_batch_size (GradCache) does not support precision={trainer.precision!r} with a gradient "
+                "scaler: use bf16-mixed, bf16-true or 32-true"
+            )
+        batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if batch_size is not None and batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size={self.micro_batch_size} does not divide the data's batch_size={batch_size}: "
+                "choose a divisor so every micro-batch has the same size"
+            )
 
     @torch.inference_mode()
     def encode(

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from lightembed import distributed
 from lightembed.lora import LoRASettings
 from lightembed.losses import AnglELoss
 from lightembed.stages.base import EmbeddingModule, default_optimizer
@@ -19,8 +20,15 @@ class ContrastiveModule(EmbeddingModule):
     per pair and ``*_ids`` marking identical texts; the loss receives embeddings only
     (``loss(anchor, positive, negative, labels=score, anchor_ids=..., positive_ids=..., negative_ids=...)``).
 
+    Scaling (see :mod:`lightembed.distributed` and :mod:`lightembed.gradcache`): ``gather_across_devices`` makes the
+    loss see the global batch of every rank (in-batch negatives from all devices, exact full-batch gradients);
+    ``micro_batch_size`` embeds the batch in micro-batches (GradCache) so the contrastive batch can outgrow memory.
+
     Args:
         loss: the objective; ``None`` means :class:`~lightembed.losses.AnglELoss` with the AnglE paper's defaults.
+        micro_batch_size: GradCache micro-batch (rows embedded at once; must divide the batch size); ``None``
+            embeds the whole batch with graph.
+        gather_across_devices: under DDP/FSDP, compute the loss on the batch gathered from every rank.
         (all other arguments: see :class:`~lightembed.stages.base.EmbeddingModule`)
     """
 
@@ -40,6 +48,8 @@ class ContrastiveModule(EmbeddingModule):
         optimizer: OptimizerCallable = default_optimizer,
         warmup_ratio: float = 0.1,
         scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
+        micro_batch_size: int | None = None,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__(
             model=model,
@@ -56,20 +66,35 @@ class ContrastiveModule(EmbeddingModule):
             warmup_ratio=warmup_ratio,
             scheduler=scheduler,
         )
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 (or None), got {micro_batch_size}")
         self.loss = loss if loss is not None else AnglELoss()
+        self.micro_batch_size = micro_batch_size
+        self.gather_across_devices = gather_across_devices
+
+    batch_is_the_negatives = True
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        anchor = self.embed(batch["anchor"])  # (B, H)
-        positive = self.embed(batch["positive"])  # (B, H)
-        negative = self.embed(batch["negative"]) if "negative" in batch else None  # (B, H)
-        loss = self.loss(
-            anchor,
-            positive,
-            negative,
-            labels=batch.get("score"),
-            anchor_ids=batch.get("anchor_ids"),
-            positive_ids=batch.get("positive_ids"),
-            negative_ids=batch.get("negative_ids"),
-        )
-        self.log("train/loss", loss, prog_bar=True, batch_size=anchor.shape[0])
+        fields = {name: batch[name] for name in ("anchor", "positive", "negative") if name in batch}
+        labels = batch.get("score")
+        ids = {name: batch.get(f"{name}_ids") for name in ("anchor", "positive", "negative")}
+        if self.gather_across_devices:  # rows of every rank, in rank order; ids offset so ranks never collide
+            labels = distributed.gather(labels)  # (ΣB,)
+            ids = distributed.gather_text_ids(ids)  # (ΣB,) each
+
+        def loss_fn(embeddings: dict[str, Tensor]) -> Tensor:
+            if self.gather_across_devices:
+                embeddings = {k: distributed.gather_with_grad(v) for k, v in embeddings.items()}  # (ΣB, H) each
+            return self.loss(
+                embeddings["anchor"],  # (B, H)
+                embeddings["positive"],  # (B, H)
+                embeddings.get("negative"),  # (B, H) | None
+                labels=labels,
+                anchor_ids=ids["anchor"],
+                positive_ids=ids["positive"],
+                negative_ids=ids["negative"],
+            )
+
+        loss = self.contrastive_loss(fields, loss_fn, batch_idx)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["anchor"]["input_ids"].shape[0])
         return loss

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from lightembed import distributed
 from lightembed.backbones import family_of
 from lightembed.lora import LoRASettings
 from lightembed.losses import InBatchNegativesLoss
@@ -25,6 +26,9 @@ class SimCSEModule(EmbeddingModule):
 
     Args:
         loss: the contrastive loss on the two views; ``None`` is ``InBatchNegativesLoss(temperature=0.05)``.
+        micro_batch_size: GradCache micro-batch over the ``2B`` stacked rows (must divide the batch size); each
+            micro-batch is replayed with the dropout masks of its first pass. ``None``: no GradCache.
+        gather_across_devices: under DDP/FSDP, compute the loss on the views gathered from every rank.
         dropout: the augmentation: every dropout rate of the backbone (SimCSE 0.1 for BERT, LLM2Vec 0.3 for
             decoders, whose attention dropout is 0 by default). A backbone whose dropout is all zero is an error.
         (other arguments: see :class:`~lightembed.stages.base.EmbeddingModule`)
@@ -46,6 +50,8 @@ class SimCSEModule(EmbeddingModule):
         optimizer: OptimizerCallable = default_optimizer,
         warmup_ratio: float = 0.1,
         scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
+        micro_batch_size: int | None = None,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__(
             model=model,
@@ -62,12 +68,19 @@ class SimCSEModule(EmbeddingModule):
             warmup_ratio=warmup_ratio,
             scheduler=scheduler,
         )
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size must be >= 1 (or None), got {micro_batch_size}")
         self.loss = loss if loss is not None else InBatchNegativesLoss(temperature=0.05)
+        self.micro_batch_size = micro_batch_size
+        self.gather_across_devices = gather_across_devices
+
+    batch_is_the_negatives = True
 
     def configure_model(self) -> None:
-        if self.backbone is not None:
-            return
+        built = self.backbone is not None
         super().configure_model()
+        if built:
+            return
         config = self.backbone.config
         rates = {name: getattr(config, name, 0.0) or 0.0 for name in family_of(config).dropout_fields}
         if not any(rate > 0 for rate in rates.values()):
@@ -80,9 +93,17 @@ class SimCSEModule(EmbeddingModule):
         features = batch["text"]
         size = features["input_ids"].shape[0]
         stacked = {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in features.items()}  # (2B, L)
-        views = self.embed(stacked)  # (2B, H): rows i and B+i are two dropout views of sentence i
-        first, second = views[:size], views[size:]  # (B, H), (B, H)
-        ids = batch.get("text_ids")
-        loss = self.loss(first, second, anchor_ids=ids, positive_ids=ids)
+        ids = batch.get("text_ids")  # (B,)
+        if self.gather_across_devices:
+            ids = distributed.gather_text_ids({"text": ids})["text"]  # (ΣB,)
+
+        def loss_fn(embeddings: dict[str, Tensor]) -> Tensor:
+            views = embeddings["views"]  # (2B, H): rows i and B+i are two dropout views of sentence i
+            first, second = views[:size], views[size:]  # (B, H), (B, H)
+            if self.gather_across_devices:
+                first, second = distributed.gather_with_grad(first), distributed.gather_with_grad(second)  # (ΣB, H)
+            return self.loss(first, second, anchor_ids=ids, positive_ids=ids)
+
+        loss = self.contrastive_loss({"views": stacked}, loss_fn, batch_idx)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         return loss
