@@ -62,9 +62,7 @@ def _assert_same(reference, cached):
 
 LOSSES = {
     "cosent-labels": (CoSENTLoss, True),
-    "cosent-triplets": (CoSENTLoss, False),
     "in-batch-hard-negatives": (lambda: InBatchNegativesLoss(symmetric=True), False),
-    "angle-labels": (AngleLoss, True),
     "angle-triplets": (AngleLoss, False),
     "angle-combination": (AnglELoss, True),
     "angle-combination-triplets": (AnglELoss, False),
