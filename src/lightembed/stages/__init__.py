@@ -4,5 +4,6 @@ from lightembed.stages.base import EmbeddingModule
 from lightembed.stages.contrastive import ContrastiveModule
 from lightembed.stages.mntp import MNTPModule
 from lightembed.stages.simcse import SimCSEModule
+from lightembed.stages.token_deletion import ProxySettings, TokenDeletionModule
 
-__all__ = ["ContrastiveModule", "EmbeddingModule", "MNTPModule", "SimCSEModule"]
+__all__ = ["ContrastiveModule", "EmbeddingModule", "MNTPModule", "ProxySettings", "SimCSEModule", "TokenDeletionModule"]
