@@ -3,17 +3,19 @@
 * ``lightembed fit|validate|test --config ...``: LightningCLI over any stage (``model.class_path``) and data module
   (``data.class_path``); the tokenizer and max length of the data module are linked to the model's, never repeated.
   After ``fit``, the best checkpoint is tested on the data module's test sets when it has any.
-* ``lightembed evaluate MODEL --sts FILE [FILE ...]``: STS Spearman table for any model (Hub id, folder,
-  ``packaged:`` name, ``.ckpt``), optionally written as JSON.
+* ``lightembed evaluate MODEL [--suite ...] [--sts ...] [--classification ...] [--clustering ...]``: STS,
+  SentEval classification, clustering (and MTEB) tables for any model (Hub id, folder, ``packaged:`` name, ``.ckpt``)
+  and a JSON report with the provenance of every score (:mod:`lightembed.evaluation.commands`).
+* ``lightembed analyze layers|prefix|pca``: LLM2Vec analyses (causal vs bidirectional states, shared-prefix test)
+  and PCA pictures of class separation.
+* ``lightembed mine-negatives MODEL --input SOURCE --output FILE``: hard negatives for (anchor, positive) pairs,
+  written as a triplet jsonl with provenance (:mod:`lightembed.mining`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -54,56 +56,35 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> Lightembed
 
 
 def evaluate_main(argv: Sequence[str]) -> dict:
-    """``lightembed evaluate``: print an STS table for one model and optionally write it as JSON."""
-    from lightembed.api import load_encoder
-    from lightembed.evaluation.sts import evaluate_sts, format_table, parse_named_sources
+    """``lightembed evaluate``: STS, classification, clustering and MTEB tables for one model, plus a JSON report.
 
-    parser = argparse.ArgumentParser(prog="lightembed evaluate", description="STS evaluation of any encoder.")
-    parser.add_argument("model", help="Hub id, local folder, packaged:<name>, or a Lightning .ckpt")
-    parser.add_argument(
-        "--sts",
-        nargs="+",
-        required=True,
-        metavar="[NAME=]SOURCE",
-        help="STS sets: local files (relative to --data-root) or Hub ids with sentence1/sentence2/score",
-    )
-    parser.add_argument("--split", default="test", help="split used for Hub sources (default: test)")
-    parser.add_argument("--data-root", default=None, help="folder for relative local paths (else $LIGHTEMBED_DATA)")
-    parser.add_argument("--pooling", default=None, help="override the model's pooling")
-    parser.add_argument("--max-length", type=int, default=None, help="override the model's token limit")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--instruction", default=None, help="prefix for every sentence, excluded from pooling")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON here")
-    ns = parser.parse_args(list(argv))
+    See :mod:`lightembed.evaluation.commands` for the options and :mod:`lightembed.evaluation.report` for the report.
+    """
+    from lightembed.evaluation.commands import evaluate_main as main
 
-    encoder = load_encoder(ns.model, pooling=ns.pooling, max_length=ns.max_length)
-    sources = parse_named_sources(ns.sts, ns.split)
-    results = evaluate_sts(
-        encoder,
-        sources,
-        split=ns.split,
-        data_root=ns.data_root,
-        batch_size=ns.batch_size,
-        precision=ns.precision,
-        instruction=ns.instruction,
-    )
-    print(f"model: {ns.model}  pooling: {encoder.pooling}  precision: {ns.precision}")
-    print(format_table(results))
-    report = {
-        "model": ns.model,
-        "pooling": encoder.pooling,
-        "precision": ns.precision,
-        "instruction": ns.instruction,
-        "sts": {r.name: r.to_dict() for r in results},
-    }
-    if ns.json:
-        Path(ns.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(ns.json).write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    return main(argv)
 
 
-COMMANDS = {"evaluate": evaluate_main, "pipeline": pipeline_main}
+def analyze_main(argv: Sequence[str]) -> dict:
+    """``lightembed analyze layers|prefix|pca``: LLM2Vec analyses of a decoder and PCA pictures of embeddings."""
+    from lightembed.evaluation.commands import analyze_main as main
+
+    return main(argv)
+
+
+def mine_negatives_main(argv: Sequence[str]) -> dict:
+    """``lightembed mine-negatives``: see :func:`lightembed.mining.mine_negatives_main`."""
+    from lightembed.mining import mine_negatives_main as main
+
+    return main(argv)
+
+
+COMMANDS = {
+    "evaluate": evaluate_main,
+    "analyze": analyze_main,
+    "pipeline": pipeline_main,
+    "mine-negatives": mine_negatives_main,
+}
 
 
 def cli_main(args: Sequence[str] | None = None) -> None:

@@ -1,4 +1,9 @@
-"""STS evaluation: cosine similarity of sentence pairs against gold scores, Spearman and Pearson (x100)."""
+"""STS evaluation: cosine similarity of sentence pairs against gold scores, Spearman and Pearson (x100).
+
+The 7-task "all" setting of SimCSE/AnglE (STS12-16, STS-B, SICK-R; each year's subsets concatenated, one Spearman per
+task, then the mean) is :data:`STS_ALL`: ``--sts all`` uses a local ``sts/<task>/test.jsonl`` under the data root when
+one exists and the MTEB Hub copy of the task otherwise (those are already concatenated per year).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,32 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-from lightembed.data.sources import load_source
+from lightembed.data.sources import load_source, resolve_data_root, resolve_source
+from lightembed.evaluation.encoding import Embedder, EncodeCache
 from lightembed.stages.base import EmbeddingModule
 
 STS_COLUMNS = ("sentence1", "sentence2", "score")
+
+STS_ALL: dict[str, tuple[tuple[str, ...], str]] = {
+    "sts12": (("sts/sts12/test.jsonl",), "mteb/sts12-sts"),
+    "sts13": (("sts/sts13/test.jsonl",), "mteb/sts13-sts"),
+    "sts14": (("sts/sts14/test.jsonl",), "mteb/sts14-sts"),
+    "sts15": (("sts/sts15/test.jsonl",), "mteb/sts15-sts"),
+    "sts16": (("sts/sts16/test.jsonl",), "mteb/sts16-sts"),
+    "stsb": (("sts/stsb/test.jsonl",), "mteb/stsbenchmark-sts"),
+    "sickr": (("sts/sickr/test.jsonl", "sts/sick/test.jsonl"), "mteb/sickr-sts"),
+}
+"""The 7 STS tasks of the "all" setting: name -> (local test files looked for under the data root, Hub id)."""
+
+
+def sts_all_sources(data_root: str | None = None) -> dict[str, str]:
+    """``{name: source}`` for the 7-task "all" setting: a local test file under the data root, else the Hub id."""
+    root = resolve_data_root(data_root)
+    sources = {}
+    for name, (local_paths, hub_id) in STS_ALL.items():
+        local = next((p for p in local_paths if root is not None and (root / p).is_file()), None)
+        sources[name] = local or hub_id
+    return sources
 
 
 @dataclass(frozen=True)
@@ -40,35 +67,54 @@ def sts_name(source: str, split: str = "test") -> str:
     return f"{path.name.split(':')[0]}_{split}"
 
 
-def parse_named_sources(specs: list[str], split: str = "test") -> dict[str, str]:
-    """``["name=source", "source"]`` -> ``{name: source}``; unnamed sources get :func:`sts_name`."""
+def parse_named_sources(
+    specs: list[str], split: str = "test", data_root: str | None = None, what: str = "STS"
+) -> dict[str, str]:
+    """``["name=source", "source"]`` -> ``{name: source}``; unnamed sources get :func:`sts_name`.
+
+    The spec ``all`` (STS only) stands for the 7 tasks of :data:`STS_ALL` (see :func:`sts_all_sources`).
+    """
     named: dict[str, str] = {}
+    expanded: list[str] = []
     for spec in specs:
+        if spec == "all" and what == "STS":
+            expanded += [f"{name}={source}" for name, source in sts_all_sources(data_root).items()]
+        else:
+            expanded.append(spec)
+    for spec in expanded:
         name, sep, source = spec.partition("=")
         if not sep:
             name, source = sts_name(spec, split), spec
         if name in named:
-            raise ValueError(f"two STS sets are named {name!r}: name them explicitly with NAME=SOURCE")
+            raise ValueError(f"two {what} sets are named {name!r}: name them explicitly with NAME=SOURCE")
         named[name] = source
     return named
 
 
 def sts_correlation(
-    encoder: EmbeddingModule,
+    encoder: EmbeddingModule | Embedder,
     sentence1: list[str],
     sentence2: list[str],
     scores: torch.Tensor,
     batch_size: int = 64,
     precision: str = "float32",
-    name: str = "sts",
+    name: str = "'sts'",
     instruction: str | None = None,
 ) -> tuple[float, float]:
-    """Spearman and Pearson (x100) between ``cos(e(s1), e(s2))`` and ``scores``; each distinct text is encoded once."""
+    """Spearman and Pearson (x100) between ``cos(e(s1), e(s2))`` and ``scores``; each distinct text is encoded once.
+
+    ``encoder`` is a lightembed module (``batch_size``, ``precision`` and ``instruction`` apply) or any object with
+    ``encode(texts)`` such as an :class:`EncodeCache`.
+    """
     if scores.numel() < 2 or torch.all(scores == scores[0]):
-        raise ValueError(f"STS set {name!r}: scores are constant (or fewer than 2 pairs), Spearman is undefined")
+        raise ValueError(f"STS set {name}: scores are constant (or fewer than 2 pairs), Spearman is undefined")
     texts = list(dict.fromkeys(sentence1 + sentence2))
     index = {text: i for i, text in enumerate(texts)}
-    embeddings = encoder.encode(texts, batch_size=batch_size, precision=precision, instruction=instruction)  # (T, H)
+    if isinstance(encoder, EmbeddingModule):
+        embeddings = encoder.encode(texts, batch_size=batch_size, precision=precision, instruction=instruction)
+    else:
+        cache = encoder if isinstance(encoder, EncodeCache) else EncodeCache(encoder)
+        embeddings = torch.from_numpy(cache.encode(texts))  # (T, H)
     left = embeddings[torch.tensor([index[s] for s in sentence1])]  # (N, H)
     right = embeddings[torch.tensor([index[s] for s in sentence2])]  # (N, H)
     cosine = F.cosine_similarity(left, right, dim=-1).double()  # (N,)
@@ -77,7 +123,7 @@ def sts_correlation(
 
 
 def evaluate_sts(
-    encoder: EmbeddingModule,
+    encoder: EmbeddingModule | Embedder,
     sources: dict[str, str],
     split: str = "test",
     data_root: str | None = None,
@@ -87,11 +133,13 @@ def evaluate_sts(
 ) -> list[STSResult]:
     """Evaluate ``encoder`` on named STS sources (local files or Hub ids with sentence1, sentence2, score).
 
-    ``instruction`` is prefixed to every sentence and excluded from pooling (instructed decoders).
+    ``instruction`` is prefixed to every sentence and excluded from pooling (instructed decoders). ``encoder`` may
+    also be an :class:`EncodeCache` shared with other evaluators, or any object with ``encode(texts)``.
     """
     results = []
     for name, source in sources.items():
-        dataset = load_source(source, columns=STS_COLUMNS, split=split, data_root=data_root)
+        dataset = load_source(source, columns=STS_COLUMNS, split=split, data_root=data_root, score_column="score")
+        where = resolve_source(source, split, data_root).describe()
         spearman, pearson = sts_correlation(
             encoder,
             list(dataset["sentence1"]),
@@ -99,7 +147,7 @@ def evaluate_sts(
             torch.tensor(dataset["score"], dtype=torch.float64),
             batch_size=batch_size,
             precision=precision,
-            name=name,
+            name=f"{name!r} ({where})",
             instruction=instruction,
         )
         results.append(STSResult(name, source, spearman, pearson, len(dataset)))

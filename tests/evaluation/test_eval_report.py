@@ -1,0 +1,112 @@
+"""`lightembed evaluate` suites and the JSON report: provenance beside every score, markdown on stdout, errors."""
+
+import hashlib
+import json
+
+import pytest
+
+from lightembed.cli import COMMANDS, cli_main
+from lightembed.evaluation.report import build_report, environment, run_suite, suite_sources
+
+
+def test_suites_expand_to_the_named_sets(tmp_path):
+    chosen = suite_sources(["sts", "senteval", "clustering"], str(tmp_path))
+    assert list(chosen["classification"]) == ["mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc"]
+    assert chosen["sts"] == {"stsb_test": "mteb/stsbenchmark-sts"}  # no local copy under this root
+    assert list(chosen["clustering"]) == ["trec"]
+    with pytest.raises(ValueError, match="unknown suite"):
+        suite_sources(["nope"])
+
+
+def test_evaluate_suites_print_tables_and_write_a_report(tiny_bert_dir, tiny_data_root, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    report = cli_main_report(
+        [
+            "evaluate",
+            str(tiny_bert_dir),
+            "--suite",
+            "sts",
+            "senteval",
+            "clustering",
+            "--folds",
+            "2",
+            "--data-root",
+            str(tiny_data_root),
+            "--json",
+            str(out),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "### STS" in printed and "| stsb_test | 6 |" in printed
+    assert "### Classification" in printed and "| mrpc | split | 12 | 4 |" in printed and "| mr | 2-fold |" in printed
+    assert "### Clustering" in printed and "| trec | 15 | 3 |" in printed
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    for key in ("model", "pooling", "dtype", "precision", "seed", "git_commit", "packages", "data"):
+        assert key in saved
+    assert saved["pooling"] == "mean" and saved["dtype"] == "float32" and saved["seed"] == 0
+    assert saved["packages"]["torch"] and saved["packages"]["scikit-learn"]
+    assert set(saved["classification"]) == {"mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc"}
+    assert 0 <= saved["classification"]["trec"]["logreg"]["accuracy"] <= 100
+    stsb = tiny_data_root / "sts/stsb/test.jsonl"
+    [file_info] = saved["data"]["sts/stsb_test"]["files"]
+    assert file_info["sha256"] == hashlib.sha256(stsb.read_bytes()).hexdigest()
+    sst2 = {f["path"].rsplit("/", 1)[1] for f in saved["data"]["classification/sst2"]["files"]}
+    assert sst2 == {"train.jsonl", "validation.jsonl", "test.jsonl"}
+    # every score carries its provenance
+    assert len(saved["scores"]) == 2 + 7 + 1
+    for row in saved["scores"]:
+        for key in ("model", "pooling", "dtype", "precision", "seed", "git_commit", "data_sha256", "value"):
+            assert key in row
+    stsb_row = next(r for r in saved["scores"] if r["set"] == "stsb_test" and r["metric"] == "spearman")
+    assert (
+        stsb_row["data_sha256"] == [file_info["sha256"]] and stsb_row["value"] == saved["sts"]["stsb_test"]["spearman"]
+    )
+
+
+def cli_main_report(argv):
+    return COMMANDS[argv[0]](argv[1:])
+
+
+def test_classification_by_name_several_classifiers_and_bf16(tiny_bert_dir, tiny_data_root, capsys):
+    report = cli_main_report(
+        [
+            "evaluate",
+            str(tiny_bert_dir),
+            "--classification",
+            "trec",
+            "mine=classification/sst2",
+            "--classifier",
+            "logreg",
+            "nb",
+            "--precision",
+            "bfloat16",
+            "--data-root",
+            str(tiny_data_root),
+        ]
+    )
+    assert set(report["classification"]["mine"]) == {"logreg", "nb"}
+    assert report["sts"] == {} and report["precision"] == "bfloat16"
+    assert "| set | protocol | train | test | logreg | nb |" in capsys.readouterr().out
+
+
+def test_bad_input_names_the_file_or_option(tiny_bert_dir, tiny_data_root, tmp_path):
+    one = tmp_path / "one.jsonl"
+    one.write_text("".join(json.dumps({"text": f"text {i}", "label": "x"}) + "\n" for i in range(12)))
+    with pytest.raises(ValueError, match=r"one\.jsonl.*single class"):
+        cli_main(["evaluate", str(tiny_bert_dir), "--classification", f"one={one}"])
+    with pytest.raises(FileNotFoundError, match="--data-root"):
+        cli_main(["evaluate", str(tiny_bert_dir), "--sts", "x.jsonl", "--data-root", str(tmp_path / "absent")])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        cli_main(["evaluate", str(tmp_path / "nowhere"), "--suite", "sts", "--data-root", str(tiny_data_root)])
+    with pytest.raises(ValueError, match="--folds"):
+        cli_main(["evaluate", str(tiny_bert_dir), "--classification", "mr", "--folds", "1"])
+
+
+def test_run_suite_with_any_encoder_and_report_without_a_module(vector_encoder, tmp_path, write_jsonl):
+    write_jsonl(tmp_path / "c.jsonl", [{"text": f"v:{(-1) ** i},{i % 3} r{i}", "label": i % 2} for i in range(20)])
+    results = run_suite(vector_encoder, clustering={"c": str(tmp_path / "c.jsonl")})
+    assert results.clustering[0].v_measure == pytest.approx(100.0)
+    report = build_report(results, "vectors", env=environment())
+    assert report["pooling"] is None and report["clustering"]["c"]["n"] == 20
+    assert report["encode"]["texts"] == 20
