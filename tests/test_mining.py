@@ -255,3 +255,16 @@ def test_mine_negatives_bad_input(pairs_file, tmp_path):
             ["fake", "--input", str(pairs_file), "--columns", "s1", "--output", str(tmp_path / "x.jsonl")],
             encoder=AngleEncoder(ANGLES),
         )
+
+
+def test_top_k_over_a_pool_of_100k_candidates():
+    gen = torch.Generator().manual_seed(1)
+    keys = torch.nn.functional.normalize(torch.randn(120_000, 16, generator=gen), dim=-1)  # 8 chunks of 16384
+    queries = keys[:40] + 0.01 * torch.randn(40, 16, generator=gen)
+    own = (np.arange(40), np.arange(40))  # each query's own key is excluded, like an anchor's positive
+    values, indices = top_k_candidates(queries, keys, 5, exclude=own, max_sim=0.99)
+    sims = queries @ keys.T
+    sims[torch.arange(40), torch.arange(40)] = -torch.inf
+    sims[sims > 0.99] = -torch.inf
+    expected_v, expected_i = sims.topk(5, dim=1)
+    assert torch.equal(indices, expected_i) and torch.allclose(values, expected_v)
