@@ -3,15 +3,19 @@
 Same budget as the benchmark (1 epoch of STS-B train, batch 16, max length 128, lr 2e-5, 10% warmup, bf16-mixed,
 length grouping, seed 0); each setting is scored by cosine Spearman x100 on STS-B validation.
 
-    python benchmarks/stsb_angle_sweep.py [--data-root ../shared/data] [--only NAME ...]
+    python benchmarks/stsb_angle_sweep.py [--data-root ../shared/data] [--only NAME ...] [--seeds 0 1 2]
 
-Writes benchmarks/results/stsb_angle_sweep.json (settings merge into an existing file, so runs can be split).
+Each setting is a loss plus whether batches are length-grouped (``_shuffled``: plain random batches, as the peer's
+trainer draws them; CoSENT and the in-batch term rank within a batch, so batch composition can matter). Several seeds
+tell a setting's effect from seed noise. Writes benchmarks/results/stsb_angle_sweep.json as
+``{"validation": {setting: {seed: spearman}}}`` (runs merge into an existing file, so they can be split).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -28,12 +32,18 @@ RESULTS = Path(__file__).parent / "results" / "stsb_angle_sweep.json"
 # (temperature 0.05), the default of the AnglE reference code; `min4`/`min3` count only STS pairs scored >= 4 / >= 3
 # as in-batch positives.
 SETTINGS = {
-    "cosent": lambda: CoSENTLoss(),
-    "angle_paper_min4": lambda: AnglELoss(ibn_min_score=4.0),
-    "angle_paper_min3": lambda: AnglELoss(ibn_min_score=3.0),
-    "angle20_min4": lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0),
-    "cosine_angle20": lambda: AnglELoss(ibn_weight=0.0, angle_temperature=0.05),
-    "cosine_angle20_w0.02_ibn_min4": lambda: AnglELoss(angle_weight=0.02, angle_temperature=0.05, ibn_min_score=4.0),
+    "cosent": (lambda: CoSENTLoss(), True),
+    "cosent_shuffled": (lambda: CoSENTLoss(), False),
+    "angle_paper_min4": (lambda: AnglELoss(ibn_min_score=4.0), True),
+    "angle_paper_min4_shuffled": (lambda: AnglELoss(ibn_min_score=4.0), False),
+    "angle_paper_min3": (lambda: AnglELoss(ibn_min_score=3.0), True),
+    "angle20_min4": (lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0), True),
+    "angle20_min4_shuffled": (lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0), False),
+    "cosine_angle20": (lambda: AnglELoss(ibn_weight=0.0, angle_temperature=0.05), True),
+    "cosine_angle20_w0.02_ibn_min4": (
+        lambda: AnglELoss(angle_weight=0.02, angle_temperature=0.05, ibn_min_score=4.0),
+        True,
+    ),
 }
 
 
@@ -41,22 +51,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--only", nargs="*", default=None, choices=list(SETTINGS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=2)
     ns = parser.parse_args()
     root = resolve_data_root(ns.data_root)
     if root is None:
         sys.exit("set --data-root or LIGHTEMBED_DATA to the folder holding sts/stsb/ (e.g. ../shared/data)")
     torch.set_num_threads(ns.threads)
-    results = json.loads(RESULTS.read_text())["validation"] if RESULTS.is_file() else {}
-    for name in ns.only or list(SETTINGS):
-        run = run_lightembed(SETTINGS[name](), "bf16-mixed", True, str(root), None, eval_file=VALIDATION)
-        results[name] = run["stsb_test"]
-        print(f"{name}: STS-B validation {results[name]:.2f}", flush=True)
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps({"validation": results}, indent=2) + "\n")
-    print("| setting | STS-B validation Spearman x100 |\n|---|---:|")
-    for name, score in sorted(results.items(), key=lambda kv: -kv[1]):
-        print(f"| {name} | {score:.2f} |")
+    results: dict[str, dict[str, float]] = json.loads(RESULTS.read_text())["validation"] if RESULTS.is_file() else {}
+    for seed in ns.seeds:
+        for name in ns.only or list(SETTINGS):
+            make_loss, grouped = SETTINGS[name]
+            run = run_lightembed(make_loss(), "bf16-mixed", grouped, str(root), None, seed=seed, eval_file=VALIDATION)
+            results.setdefault(name, {})[str(seed)] = run["stsb_test"]
+            print(f"{name} seed {seed}: STS-B validation {run['stsb_test']:.2f}", flush=True)
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps({"validation": results}, indent=2) + "\n")
+    seeds = sorted({seed for runs in results.values() for seed in runs}, key=int)
+    print("| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
+    print("|---|" + "---:|" * (len(seeds) + 1))
+    means = {name: statistics.mean(runs.values()) for name, runs in results.items()}
+    for name in sorted(results, key=lambda n: -means[n]):
+        cells = [f"{results[name][s]:.2f}" if s in results[name] else "" for s in seeds]
+        print(f"| {name} | " + " | ".join(cells) + f" | {means[name]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaModel
 
-from lightembed.backbones import family_of, load_backbone, load_tokenizer, resolve_model_path, set_bidirectional
+from lightembed.backbones import (
+    FAMILIES,
+    family_of,
+    load_backbone,
+    load_tokenizer,
+    resolve_model_path,
+    set_bidirectional,
+)
 from lightembed.packaged import resolve_packaged
 
 
@@ -72,3 +79,38 @@ def test_bidirectional_switch_on_a_tiny_llama():
         assert not torch.allclose(model(a).last_hidden_state[0, 0], model(b).last_hidden_state[0, 0])
         set_bidirectional(model, False)
         assert torch.equal(model(a).last_hidden_state[0, 0], model(b).last_hidden_state[0, 0])
+
+
+def _tiny_config(model_type: str):
+    """A 2-layer, hidden-32 config of ``model_type`` (families name their size fields differently)."""
+    from transformers import AutoConfig
+
+    if model_type == "distilbert":
+        sizes = {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}
+    else:
+        sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+    if model_type in FAMILIES and FAMILIES[model_type].kind == "decoder":
+        sizes |= {"num_key_value_heads": 2, "head_dim": 8}
+    if model_type == "gemma2":
+        sizes |= {"layer_types": ["full_attention", "full_attention"]}
+    return AutoConfig.for_model(model_type, vocab_size=128, max_position_embeddings=64, pad_token_id=0, **sizes)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_every_registered_family_loads_runs_and_takes_the_dropout_option(model_type, tmp_path):
+    """Each family lightembed claims to support loads through `load_backbone` (with its default attention) and
+    has the dropout fields the `dropout` option sets, so that option never silently does nothing."""
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    AutoModel.from_config(_tiny_config(model_type)).save_pretrained(tmp_path)
+    model = load_backbone(str(tmp_path), dropout=0.25)
+    for name in FAMILIES[model_type].dropout_fields:
+        assert getattr(model.config, name) == 0.25, name
+    ids = torch.randint(5, 128, (2, 7))
+    hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    assert hidden.shape == (2, 7, 32) and torch.isfinite(hidden).all()
+
+
+def test_the_default_attention_is_sdpa_where_the_family_has_it(tiny_bert_dir):
+    assert load_backbone(str(tiny_bert_dir)).config._attn_implementation == "sdpa"

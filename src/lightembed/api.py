@@ -8,15 +8,17 @@ torch.Size([2, 384])
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from lightembed.backbones import resolve_model_path
 from lightembed.callbacks.export import SETTINGS_FILE, ST_POOLING_KEYS
-from lightembed.stages.base import EmbeddingModule
+from lightembed.stages.base import STAGE_CLASS_KEY, EmbeddingModule
 
 
 def _folder_settings(folder: Path) -> dict:
@@ -38,6 +40,18 @@ def _folder_settings(folder: Path) -> dict:
     return settings
 
 
+def _stage_class(checkpoint: Path) -> type[EmbeddingModule]:
+    """The stage class that wrote ``checkpoint`` (its extra parts, e.g. a deletion proxy, must load too)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True).get(STAGE_CLASS_KEY)
+    if saved is None:  # written before the class was recorded: the encoder alone
+        return EmbeddingModule
+    module_name, _, qualname = saved.partition(":")
+    cls = getattr(importlib.import_module(module_name), qualname, None)
+    if not (isinstance(cls, type) and issubclass(cls, EmbeddingModule)):
+        raise ValueError(f"checkpoint {checkpoint} names stage class {saved!r}, which is not a lightembed stage")
+    return cls
+
+
 def load_encoder(
     model: str,
     pooling: str | None = None,
@@ -53,7 +67,7 @@ def load_encoder(
         path = Path(resolve_model_path(model))
         given = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
         overrides = {k: v for k, v in given.items() if v is not None}
-        module = EmbeddingModule.load_from_checkpoint(path, map_location="cpu", **overrides)
+        module = _stage_class(path).load_from_checkpoint(path, map_location="cpu", **overrides)
         return module.eval()
     settings = {"pooling": "mean", "normalize": False, "max_length": 512}
     local = Path(resolve_model_path(model))

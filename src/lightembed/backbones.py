@@ -125,7 +125,7 @@ def load_backbone(
     name_or_path: str,
     dtype: str = "float32",
     bidirectional: bool | None = None,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = None,
     dropout: float | None = None,
 ) -> PreTrainedModel:
     """Load the base model (no task head) of an encoder or decoder.
@@ -134,7 +134,9 @@ def load_backbone(
         name_or_path: Hub id, local folder, or ``packaged:<name>``.
         dtype: ``float32``, ``bfloat16`` or ``float16`` weights.
         bidirectional: for decoders, ``True`` switches to bidirectional attention; ``None`` keeps the family default.
-        attn_implementation: passed to transformers (``sdpa``, ``eager``, or a registered custom function).
+        attn_implementation: passed to transformers (``sdpa``, ``eager``, or a registered custom function); ``None``
+            lets transformers choose: ``sdpa`` where the family supports it (BERT, Llama, ...), else ``eager``
+            (MPNet, DeBERTa-v2, Gemma2).
         dropout: set every dropout rate of the family (hidden and attention); ``None`` keeps the model's own.
     """
     if dtype not in DTYPES:

@@ -318,7 +318,7 @@ def load_quantized(
     compute_dtype: Literal["bfloat16", "float32"] = "bfloat16",
     bidirectional: bool | None = None,
     device: str | None = None,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """Load a backbone for QLoRA: block linear layers in 4-bit NF4 (double quantisation), the rest in float32.
 

@@ -316,6 +316,9 @@ def test_the_stage_trains_logs_and_reloads(request, backbone, views, corpus_file
     reloaded = TokenDeletionModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     torch.testing.assert_close(reloaded.proxy.out.weight, module.proxy.out.weight)
     torch.testing.assert_close(reloaded.encode(TEXTS), module.encode(TEXTS), atol=1e-6, rtol=0)
+    encoder = load_encoder(str(checkpoint))  # the generic loader finds the stage's class in the checkpoint
+    assert isinstance(encoder, TokenDeletionModule)
+    torch.testing.assert_close(encoder.encode(TEXTS), module.encode(TEXTS), atol=1e-6, rtol=0)
 
 
 def test_the_shipped_config_fits_through_the_cli(tiny_bert_dir, corpus_file, sts_file, tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from lightembed.strategies import shard_blocks
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 # checkpoint key marking an adapter-only state dict; its value is the base the frozen weights come from
 FROZEN_BASE_KEY = "lightembed_frozen_base"
+STAGE_CLASS_KEY = "lightembed_stage_class"  # "module:QualName" of the stage, so a generic loader rebuilds it
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -208,30 +209,35 @@ class EmbeddingModule(L.LightningModule):
     ) -> Tensor:
         """Embed texts: ``N`` strings -> ``(N, H)`` float32 tensor on CPU, in the input order.
 
-        Texts are sorted by length so each batch pads little; ``precision="bfloat16"`` runs under bf16 autocast.
-        ``instruction`` is prefixed to every text and excluded from pooling (instructed decoders, LLM2Vec).
+        Texts are sorted by their token count so each batch pads (almost) nothing, and run under
+        ``torch.inference_mode``; ``precision="bfloat16"`` runs under bf16 autocast. ``instruction`` is prefixed to
+        every text and excluded from pooling (instructed decoders, LLM2Vec).
         """
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"encode: text #{i} is empty or not a string: {text!r}")
         self.configure_model()
         normalize = self.normalize if normalize is None else normalize
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        tokenize = PairCollator(self.tokenizer, self.max_length).encode_texts
+        collator = PairCollator(self.tokenizer, self.max_length)
+        prefix = instruction or ""
+        # One cheap pass (no padding, no tensors) for the token counts: sorting by characters leaves ~30% padding
+        # on STS-B sentences, sorting by tokens almost none. Longest first, so a too-large batch fails at once.
+        counts = self.tokenizer([prefix + t for t in texts], truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(counts[i]))
         was_training = self.training
         self.eval()
         chunks = []
         try:
-            with self._autocast(precision):
+            with torch.inference_mode(), self._autocast(precision):
                 for start in range(0, len(order), batch_size):
                     batch = [texts[i] for i in order[start : start + batch_size]]
-                    features = {k: v.to(self.device) for k, v in tokenize(batch, instruction).items()}
+                    features = {k: v.to(self.device) for k, v in collator.encode_texts(batch, instruction).items()}
                     chunks.append(self.embed(features).float().cpu())
         finally:
             self.train(was_training)
         if not chunks:
             return torch.empty(0, self.embedding_dim)
-        sorted_embeddings = torch.cat(chunks)  # (N, H) in length order
+        sorted_embeddings = torch.cat(chunks).clone()  # (N, H) in length order; a normal tensor, not an inference one
         embeddings = torch.empty_like(sorted_embeddings)
         embeddings[torch.tensor(order)] = sorted_embeddings
         return F.normalize(embeddings, dim=-1) if normalize else embeddings
@@ -255,6 +261,7 @@ class EmbeddingModule(L.LightningModule):
         For SmolLM2-135M this turns a 540 MB checkpoint into a few MB; resuming reloads the base from
         ``model`` in ``configure_model`` first, then restores the adapter (see ``on_load_checkpoint``).
         """
+        checkpoint[STAGE_CLASS_KEY] = f"{type(self).__module__}:{type(self).__qualname__}"
         if self.lora_settings is None:
             return
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
