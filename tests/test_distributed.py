@@ -24,10 +24,16 @@ from lightembed.losses import AnglELoss, AngleLoss, CoSENTLoss, InBatchNegatives
 WORLD = 2
 SIZES = [3, 5]  # rows on rank 0 and rank 1
 N_NEG = 2
-# Batch-local duplicate ids per rank (one numbering for anchor, positive and negative texts of that rank's batch).
+# Text ids per rank (the collators' hashes are global text identities; small numbers stand for them here): one text
+# recurs inside rank 0's rows (id 0), one inside rank 1's (id 22), and one on both ranks (id 3: rank 0's positive
+# 1, rank 1's anchor 1 and negative 3), so duplicates across ranks are exercised too.
 LOCAL_IDS = [
     {"anchor": [0, 1, 0], "positive": [2, 3, 4], "negative": [[5, 3], [6, 7], [2, 8]]},
-    {"anchor": [0, 1, 2, 3, 1], "positive": [4, 5, 6, 0, 7], "negative": [[8, 9], [4, 10], [11, 12], [13, 2], [14, 5]]},
+    {
+        "anchor": [20, 3, 22, 23, 21],
+        "positive": [24, 25, 26, 20, 27],
+        "negative": [[28, 29], [24, 30], [31, 32], [3, 22], [34, 25]],
+    },
 ]
 LOSS_CASES = {
     "in-batch-hard-negatives-ids": (lambda: InBatchNegativesLoss(), True, False),
@@ -39,23 +45,22 @@ LOSS_CASES = {
     "angle-combination-triplets": (lambda: AnglELoss(), True, False),
 }
 STAGE_CASES = ["contrastive-gather", "contrastive-gather-gradcache", "simcse-gather-gradcache"]
-ROWS = [  # rank 0 takes the first 3 rows, rank 1 the other 5; duplicates only inside a rank's rows
+ROWS = [  # rank 0 takes the first 3 rows, rank 1 the other 5; duplicates inside a rank's rows and across ranks
     ("A man is playing a guitar.", "A man plays the guitar.", "A woman cooks."),
-    ("A woman is slicing an onion.", "A woman cuts an onion.", "A man sleeps."),
+    ("A woman is slicing an onion.", "A woman cuts an onion.", "A man reads."),
     ("A man is playing a guitar.", "Someone plays a guitar.", "A woman cuts an onion."),
     ("Kids are playing football.", "Children play soccer outside.", "A bird is singing."),
     ("The stock market fell today.", "Shares dropped sharply.", "The sky is blue."),
     ("A plane is taking off.", "An airplane departs.", "Children play soccer outside."),
-    ("He is reading a book.", "A man reads.", "She is cooking dinner."),
+    ("A woman is slicing an onion.", "A man reads.", "She is cooking dinner."),  # rank 0 has this anchor too
     ("Kids are playing football.", "Boys kick a ball.", "A train is late."),
 ]
 
 
 def _global_ids() -> dict[str, torch.Tensor]:
-    """What the loss must see: rank 1's ids shifted past rank 0's largest id."""
-    stride = 1 + max(max(sum(v, []) if isinstance(v[0], list) else v) for ids in LOCAL_IDS for v in ids.values())
+    """What the loss must see: the ranks' ids concatenated in rank order."""
     return {
-        field: torch.cat([torch.tensor(ids[field]) + r * stride for r, ids in enumerate(LOCAL_IDS)])
+        field: torch.cat([torch.tensor(ids[field]) for ids in LOCAL_IDS])
         for field in ("anchor", "positive", "negative")
     }
 

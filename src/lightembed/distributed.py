@@ -15,11 +15,10 @@ This holds for any loss that every rank computes identically from the gathered t
 labels are the rows' global positions, i.e. local position + the sizes of the lower ranks), CoSENT and angle
 ranking over all pairs, AnglE's sum.
 
-Duplicate ids: the collators number the distinct texts of *their* batch from 0 (``anchor_ids``, ``positive_ids``,
-``negative_ids`` share one numbering). :func:`gather_text_ids` offsets rank ``r``'s ids by ``r · S`` (``S`` = the
-largest id on any rank + 1) so ids of different ranks never collide: duplicates within a rank's batch stay
-positives (or ignored) in the global loss; identical texts on two different ranks cannot be recognised from
-batch-local ids and count as negatives, as they would in two separate batches.
+Duplicate ids: the collators give every text a stable 64-bit hash of its normalised form (``anchor_ids``,
+``positive_ids``, ``negative_ids``; :func:`lightembed.data.collators.text_ids`), the same on every rank, so
+:func:`gather_text_ids` only concatenates them: identical texts are recognised across ranks too, and the gathered
+loss equals the single-process loss on the global batch even when a text recurs on two ranks.
 
 Without an initialised process group (or with one process) every function returns its input unchanged.
 """
@@ -111,14 +110,9 @@ def gather(x: Tensor | None) -> Tensor | None:
 
 
 def gather_text_ids(ids: dict[str, Tensor | None]) -> dict[str, Tensor | None]:
-    """Gather batch-local duplicate ids that share one numbering (e.g. ``anchor_ids``, ``positive_ids``,
-    ``negative_ids``), offsetting rank ``r``'s ids by ``r · S`` so that ranks never collide (``S`` = largest id on any
-    rank + 1). Missing entries stay None; every rank must pass the same keys with or without ids."""
-    if world_size() == 1:
-        return dict(ids)
-    present = [v for v in ids.values() if v is not None]
-    device = present[0].device if present else torch.device("cpu")
-    largest = torch.tensor([max((int(v.max()) for v in present if v.numel()), default=-1)], device=device)
-    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    stride = int(largest.item()) + 1
-    return {k: None if v is None else gather(v + rank() * stride) for k, v in ids.items()}
+    """Gather duplicate ids (e.g. ``anchor_ids``, ``positive_ids``, ``negative_ids``) in rank order.
+
+    The ids must be global text identities (the collators' hashes), not batch-local numbers: equal ids on two ranks
+    mean the same text. Missing entries stay None; every rank must pass the same keys with or without ids.
+    """
+    return {k: gather(v) for k, v in ids.items()}

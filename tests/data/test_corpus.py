@@ -140,7 +140,7 @@ def test_sentences_mode_rows_and_batches(make_dm, minilm_path):
     assert set(batch) == {"text", "text_ids"}
     assert {"input_ids", "attention_mask"} <= set(batch["text"])
     assert batch["text"]["input_ids"].shape[0] == 4 and batch["text_ids"].shape == (4,)
-    assert batch["text_ids"].tolist() == [0, 1, 2, 3]
+    assert len(set(batch["text_ids"].tolist())) == 4  # four different sentences
     assert dm.val_names == [] and dm.val_dataloader() == []
 
 
@@ -163,7 +163,8 @@ def test_jsonl_with_text_column(make_dm):
 
 def test_sentence_collator_marks_duplicates(tokenizer):
     batch = SentenceCollator(tokenizer, max_length=6)(["A cat.", {"text": "a  CAT."}, "word " * 20])
-    assert batch["text_ids"].tolist() == [0, 0, 1]
+    ids = batch["text_ids"].tolist()
+    assert ids[0] == ids[1] != ids[2]
     assert batch["text"]["input_ids"].shape == (3, 6)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
-from lightembed.data.collators import normalize_text
+from lightembed.data.collators import text_hashes
 
 log = logging.getLogger(__name__)
 
@@ -133,27 +133,6 @@ SmallDataset = Literal["error", "partial"]
 BATCHING_MODES = ("single", "mixed")
 INTERLEAVES = ("proportional", "round_robin")
 SMALL_DATASET_POLICIES = ("error", "partial")
-
-
-def text_hashes(texts: Iterable[str]) -> np.ndarray:
-    """A stable int64 hash of each text's :func:`~lightembed.data.collators.normalize_text` form.
-
-    Texts the collator gives the same id (same normalised text) get the same hash, in every process (xxh3, not
-    Python's salted ``hash``), so every DDP rank builds the same batches. Returns ``(N,)`` int64.
-    """
-    digest = _digest()
-    return np.fromiter((digest(normalize_text(text).encode("utf-8")) for text in texts), dtype=np.uint64).view(np.int64)
-
-
-def _digest():
-    try:
-        import xxhash  # a dependency of `datasets`
-
-        return xxhash.xxh3_64_intdigest
-    except ImportError:  # pragma: no cover - datasets always brings xxhash
-        import hashlib
-
-        return lambda data: int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
 def row_hashes(columns: Sequence[Sequence[str]]) -> np.ndarray:
