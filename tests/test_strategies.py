@@ -27,7 +27,7 @@ from lightembed.strategies import FSDP2Strategy, LayerFSDPStrategy
 WORLD = 2
 PER_RANK = 4
 STEPS = 2
-ROWS = [  # 16 distinct pairs with scores: distinct pairs with scores
+ROWS = [  # 16 distinct pairs with scores
     (f"Sentence {i} is about topic {i % 5} on day {i}.", f"A text on subject {i % 5}, day number {i}.", (i * 7) % 6)
     for i in range(STEPS * WORLD * PER_RANK)
 ]
