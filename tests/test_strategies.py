@@ -201,3 +201,21 @@ def test_fsdp_strategy_on_gpu_wraps_blocks_trains_and_checkpoints(tiny_bert_dir,
     reference = _reference(str(tiny_bert_dir), str(tmp_path / "r"))
     for name, value in reference.items():
         torch.testing.assert_close(state[name], value, atol=ATOL, rtol=0, msg=name)
+
+
+def test_short_strategy_names_build_lightembeds_strategies():
+    import lightembed.strategies  # noqa: F401  (registration happens on import, as the CLI does)
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, strategy="fsdp2", logger=False)
+    assert isinstance(trainer.strategy, FSDP2Strategy)
+    assert isinstance(L.Trainer(accelerator="cpu", devices=1, strategy="fsdp_blocks").strategy, LayerFSDPStrategy)
+
+
+def test_cli_fsdp_on_cpu_points_at_fsdp2(tiny_bert_dir, monkeypatch, tmp_path):
+    from lightembed.cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model.class_path", "lightembed.stages.ContrastiveModule", "--model.init_args.model", str(tiny_bert_dir)]
+    argv += ["--data.class_path", "lightembed.data.PairDataModule", "--data.init_args.train", "x.jsonl"]
+    with pytest.raises(ValueError, match=r"fsdp.*GPU.*--trainer\.strategy fsdp2"):
+        build_cli([*argv, "--trainer.accelerator", "cpu", "--trainer.strategy", "fsdp"], run=False)

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+import lightembed.strategies  # noqa: F401  (registers the `fsdp2` and `fsdp_blocks` strategy names)
 from lightembed.pipeline import pipeline_main
 from lightembed.stages.base import EmbeddingModule
 
@@ -30,6 +31,17 @@ class LightembedCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
         parser.link_arguments("model.init_args.max_length", "data.init_args.max_length")
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except ValueError as error:  # Lightning's `fsdp` (FSDP1) refuses CPUs: point at the strategy that runs there
+            if "fsdp" not in str(error) or "GPU" not in str(error):
+                raise
+            raise ValueError(
+                f"{error} On CPUs use FSDP2 instead: `--trainer.strategy fsdp2` (or configs/trainer/fsdp2.yaml), "
+                "or DDP: `--trainer.strategy ddp`."
+            ) from error
 
     def after_fit(self) -> None:
         if getattr(self.datamodule, "test_sources", None) and not self.trainer.fast_dev_run:

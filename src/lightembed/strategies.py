@@ -10,6 +10,9 @@
 
 The blocks are the classes a Hugging Face model lists in ``_no_split_modules`` (``BertLayer``,
 ``LlamaDecoderLayer``, ...), found on the model itself, LoRA-wrapped or not.
+
+Both are registered with Lightning under short names, so ``--trainer.strategy fsdp2`` (CPU or GPU) and
+``--trainer.strategy fsdp_blocks`` (GPU) work without a strategy YAML.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Literal
 
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy, StrategyRegistry
 from torch import nn
 
 
@@ -146,3 +149,12 @@ def shard_blocks(model: nn.Module, mesh) -> nn.Module:
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+STRATEGY_NAMES = {
+    "fsdp2": (FSDP2Strategy, "lightembed FSDP2: ModelParallelStrategy as data parallelism, fully_shard per block"),
+    "fsdp_blocks": (LayerFSDPStrategy, "lightembed FSDP1 on CUDA: FSDPStrategy wrapping every transformer block"),
+}
+for _name, (_strategy, _description) in STRATEGY_NAMES.items():
+    if _name not in StrategyRegistry:
+        StrategyRegistry.register(_name, _strategy, description=_description)
