@@ -127,3 +127,51 @@ def test_checkpoint_reloads_with_the_same_embeddings(tiny_bert_dir, sts_file, tm
     reloaded = load_encoder(str(ckpt))
     texts = ["a man plays guitar", "the sky is blue"]
     torch.testing.assert_close(reloaded.encode(texts), module.encode(texts))
+
+
+def test_8bit_adamw_from_bitsandbytes_trains_with_8bit_state_and_follows_adamw(tiny_bert_dir, sts_file, tmp_path):
+    """The README's memory option: `--model.init_args.optimizer bitsandbytes.optim.AdamW8bit` (CPU too)."""
+    import bitsandbytes as bnb
+
+    def fit(optimizer) -> ContrastiveModule:
+        L.seed_everything(0)
+        module = _module(tiny_bert_dir, optimizer=optimizer, dropout=0.0)
+        _trainer(tmp_path, max_steps=4, limit_val_batches=0).fit(module, datamodule=_data(tiny_bert_dir, sts_file))
+        return module
+
+    eight_bit = fit(lambda params: bnb.optim.AdamW8bit(params, lr=1e-3, min_8bit_size=256))
+    full = fit(lambda params: torch.optim.AdamW(params, lr=1e-3))
+    optimizer = eight_bit.trainer.optimizers[0]
+    big = [optimizer.state[p] for group in optimizer.param_groups for p in group["params"] if p.numel() >= 256]
+    assert big and all(state["state1"].dtype == torch.uint8 for state in big)  # moments stored in 8 bits
+    initial = _module(tiny_bert_dir)  # the weights both runs started from (loaded from the folder)
+    initial.configure_model()
+    for (name, p8), p32, p0 in zip(
+        eight_bit.backbone.named_parameters(), full.backbone.parameters(), initial.backbone.parameters(), strict=True
+    ):
+        step32, step8 = p32.detach() - p0.detach(), p8.detach() - p0.detach()
+        if step32.norm() > 0:  # quantised moments: the same update direction, close in size
+            cosine = torch.nn.functional.cosine_similarity(step8.flatten(), step32.flatten(), dim=0)
+            assert cosine > 0.9, name
+            assert 0.7 < step8.norm() / step32.norm() < 1.3, name
+
+
+def test_the_readme_8bit_optimizer_option_parses_and_builds(tiny_bert_dir, monkeypatch, tmp_path):
+    import bitsandbytes as bnb
+
+    from lightembed.cli import build_cli
+
+    monkeypatch.chdir(tmp_path)
+    cli = build_cli(
+        [
+            *("--model.class_path", "lightembed.stages.ContrastiveModule"),
+            *("--model.init_args.model", str(tiny_bert_dir)),
+            *("--model.init_args.optimizer", "bitsandbytes.optim.AdamW8bit"),
+            *("--model.init_args.optimizer.lr", "2e-5"),
+            *("--data.class_path", "lightembed.data.PairDataModule", "--data.init_args.train", "x.jsonl"),
+        ],
+        run=False,
+    )
+    cli.model.configure_model()
+    optimizer = cli.model.optimizer_factory(cli.model.parameters())
+    assert isinstance(optimizer, bnb.optim.AdamW8bit) and optimizer.defaults["lr"] == 2e-5
