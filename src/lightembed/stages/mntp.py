@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 from transformers import AutoModelForCausalLM
 
 from lightembed.backbones import DTYPES, family_of, resolve_model_path
-from lightembed.lora import LoRASettings
 from lightembed.losses import MNTPLoss
-from lightembed.stages.base import MODEL_INPUTS, EmbeddingModule, default_optimizer
+from lightembed.stages.base import MODEL_INPUTS, EmbeddingModule
 
 
 class MNTPModule(EmbeddingModule):
@@ -33,33 +31,15 @@ class MNTPModule(EmbeddingModule):
     def __init__(
         self,
         model: str = "packaged:SmolLM2-135M-Instruct",
-        pooling: str = "mean",
         max_length: int = 512,
-        normalize: bool = False,
-        dtype: str = "float32",
         bidirectional: bool | None = True,
-        dropout: float | None = None,
-        gradient_checkpointing: bool = False,
-        lora: LoRASettings | None = None,
-        quantization: Literal["none", "4bit"] = "none",
-        optimizer: OptimizerCallable = default_optimizer,
-        warmup_ratio: float = 0.1,
-        scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             model=model,
-            pooling=pooling,
             max_length=max_length,
-            normalize=normalize,
-            dtype=dtype,
             bidirectional=bidirectional,
-            dropout=dropout,
-            gradient_checkpointing=gradient_checkpointing,
-            lora=lora,
-            quantization=quantization,
-            optimizer=optimizer,
-            warmup_ratio=warmup_ratio,
-            scheduler=scheduler,
+            **kwargs,
         )
         self.loss = MNTPLoss()
         self._untied_output: Tensor | None = None

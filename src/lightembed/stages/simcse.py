@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
-from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from lightembed import distributed
 from lightembed.backbones import family_of
-from lightembed.lora import LoRASettings
 from lightembed.losses import InBatchNegativesLoss
-from lightembed.stages.base import EmbeddingModule, default_optimizer
+from lightembed.stages.base import EmbeddingModule
 
 
 class SimCSEModule(EmbeddingModule):
@@ -38,36 +36,11 @@ class SimCSEModule(EmbeddingModule):
         self,
         model: str = "packaged:all-MiniLM-L6-v2",
         loss: nn.Module | None = None,
-        pooling: str = "mean",
-        max_length: int = 128,
-        normalize: bool = False,
-        dtype: str = "float32",
-        bidirectional: bool | None = None,
-        dropout: float | None = None,
-        gradient_checkpointing: bool = False,
-        lora: LoRASettings | None = None,
-        quantization: Literal["none", "4bit"] = "none",
-        optimizer: OptimizerCallable = default_optimizer,
-        warmup_ratio: float = 0.1,
-        scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
         micro_batch_size: int | None = None,
         gather_across_devices: bool = False,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            model=model,
-            pooling=pooling,
-            max_length=max_length,
-            normalize=normalize,
-            dtype=dtype,
-            bidirectional=bidirectional,
-            dropout=dropout,
-            gradient_checkpointing=gradient_checkpointing,
-            lora=lora,
-            quantization=quantization,
-            optimizer=optimizer,
-            warmup_ratio=warmup_ratio,
-            scheduler=scheduler,
-        )
+        super().__init__(model=model, **kwargs)
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ValueError(f"micro_batch_size must be >= 1 (or None), got {micro_batch_size}")
         self.loss = loss if loss is not None else InBatchNegativesLoss(temperature=0.05)

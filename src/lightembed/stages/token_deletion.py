@@ -15,17 +15,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from transformers import AutoConfig
 
 from lightembed.backbones import resolve_model_path
-from lightembed.lora import LoRASettings
 from lightembed.losses import InBatchNegativesLoss
 from lightembed.pooling import pool
 from lightembed.stages._deletion_attention import KEEP_KWARG, check_config, use_soft_deletion
-from lightembed.stages.base import MODEL_INPUTS, EmbeddingModule, default_optimizer
+from lightembed.stages.base import MODEL_INPUTS, EmbeddingModule
 
 TEMPERATURE_SCHEDULES = ("exponential", "linear", "constant")
 MASKED_VIEWS = ("one", "both")
@@ -196,18 +194,7 @@ class TokenDeletionModule(EmbeddingModule):
         masked_views: Literal["one", "both"] = "one",
         inference_deletion: bool = False,
         keep_threshold: float = 0.5,
-        pooling: str = "mean",
-        max_length: int = 128,
-        normalize: bool = False,
-        dtype: str = "float32",
-        bidirectional: bool | None = None,
-        dropout: float | None = None,
-        gradient_checkpointing: bool = False,
-        lora: LoRASettings | None = None,
-        quantization: Literal["none", "4bit"] = "none",
-        optimizer: OptimizerCallable = default_optimizer,
-        warmup_ratio: float = 0.1,
-        scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
+        **kwargs: Any,
     ) -> None:
         if not 0.0 <= target_deletion_rate < 1.0:
             raise ValueError(f"target_deletion_rate must be in [0, 1), got {target_deletion_rate}")
@@ -226,21 +213,7 @@ class TokenDeletionModule(EmbeddingModule):
             raise ValueError(f"keep_threshold must be in [0, 1), got {keep_threshold}")
         if isinstance(proxy, dict):
             proxy = ProxySettings(**proxy)
-        super().__init__(
-            model=model,
-            pooling=pooling,
-            max_length=max_length,
-            normalize=normalize,
-            dtype=dtype,
-            bidirectional=bidirectional,
-            dropout=dropout,
-            gradient_checkpointing=gradient_checkpointing,
-            lora=lora,
-            quantization=quantization,
-            optimizer=optimizer,
-            warmup_ratio=warmup_ratio,
-            scheduler=scheduler,
-        )
+        super().__init__(model=model, **kwargs)
         self.hparams["proxy"] = asdict(proxy) if proxy is not None else None  # plain values in hparams/checkpoints
         self.proxy_settings = proxy if proxy is not None else ProxySettings()
         self.loss = loss if loss is not None else InBatchNegativesLoss(temperature=0.05)
