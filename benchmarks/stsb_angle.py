@@ -112,7 +112,7 @@ def run_lightembed(
     return {"stsb_test": stsb_test(module, data_root, eval_file), "pairs_per_s": round(pairs / timer.seconds, 2)}
 
 
-def run_peer(data_root: str, limit: int | None):
+def run_peer(data_root: str, limit: int | None, seed: int = SEED, eval_file: str = TEST):
     from sentence_transformers import (
         SentenceTransformer,
         SentenceTransformerTrainer,
@@ -123,7 +123,7 @@ def run_peer(data_root: str, limit: int | None):
     train = load_source(TRAIN, columns=("sentence1", "sentence2", "score"), data_root=data_root)
     if limit:
         train = train.select(range(min(limit, len(train))))
-    torch.manual_seed(SEED)
+    torch.manual_seed(seed)
     model = SentenceTransformer(str(resolve_packaged(MODEL)), device="cpu")
     model.max_seq_length = MAX_LEN
     with tempfile.TemporaryDirectory() as out:
@@ -134,7 +134,7 @@ def run_peer(data_root: str, limit: int | None):
             learning_rate=LR,
             warmup_ratio=WARMUP,
             weight_decay=0.01,
-            seed=SEED,
+            seed=seed,
             save_strategy="no",
             report_to="none",
             logging_steps=1000,
@@ -147,7 +147,7 @@ def run_peer(data_root: str, limit: int | None):
         seconds = time.perf_counter() - start
         folder = Path(out) / "final"
         model.save(str(folder))
-        score = stsb_test(load_encoder(str(folder)), data_root)
+        score = stsb_test(load_encoder(str(folder)), data_root, eval_file)
     return {"stsb_test": score, "pairs_per_s": round(len(train) / seconds, 2)}
 
 

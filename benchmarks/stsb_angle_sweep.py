@@ -5,7 +5,8 @@ length grouping, seed 0); each setting is scored by cosine Spearman x100 on STS-
 
     python benchmarks/stsb_angle_sweep.py [--data-root ../shared/data] [--only NAME ...] [--seeds 0 1 2]
 
-Each setting is a loss plus whether batches are length-grouped (``_shuffled``: plain random batches, as the peer's
+``--only peer_st_cosent`` scores the sentence-transformers trainer the same way, for reference. Each setting is a
+loss plus whether batches are length-grouped (``_shuffled``: plain random batches, as the peer's
 trainer draws them; CoSENT and the in-batch term rank within a batch, so batch composition can matter). Several seeds
 tell a setting's effect from seed noise. Writes benchmarks/results/stsb_angle_sweep.json as
 ``{"validation": {setting: {seed: spearman}}}`` (runs merge into an existing file, so they can be split).
@@ -23,7 +24,7 @@ import torch
 
 from lightembed.data.sources import resolve_data_root
 from lightembed.losses import AnglELoss, CoSENTLoss
-from stsb_angle import run_lightembed
+from stsb_angle import run_lightembed, run_peer
 
 VALIDATION = "sts/stsb/validation.jsonl"
 RESULTS = Path(__file__).parent / "results" / "stsb_angle_sweep.json"
@@ -47,10 +48,13 @@ SETTINGS = {
 }
 
 
+PEER = "peer_st_cosent"  # the sentence-transformers trainer with its CoSENTLoss, for reference (opt in: --only)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None)
-    parser.add_argument("--only", nargs="*", default=None, choices=list(SETTINGS))
+    parser.add_argument("--only", nargs="*", default=None, choices=[*SETTINGS, PEER])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=2)
     ns = parser.parse_args()
@@ -61,8 +65,13 @@ def main() -> None:
     results: dict[str, dict[str, float]] = json.loads(RESULTS.read_text())["validation"] if RESULTS.is_file() else {}
     for seed in ns.seeds:
         for name in ns.only or list(SETTINGS):
-            make_loss, grouped = SETTINGS[name]
-            run = run_lightembed(make_loss(), "bf16-mixed", grouped, str(root), None, seed=seed, eval_file=VALIDATION)
+            if name == PEER:
+                run = run_peer(str(root), None, seed=seed, eval_file=VALIDATION)
+            else:
+                make_loss, grouped = SETTINGS[name]
+                run = run_lightembed(
+                    make_loss(), "bf16-mixed", grouped, str(root), None, seed=seed, eval_file=VALIDATION
+                )
             results.setdefault(name, {})[str(seed)] = run["stsb_test"]
             print(f"{name} seed {seed}: STS-B validation {run['stsb_test']:.2f}", flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
