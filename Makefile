@@ -35,8 +35,8 @@ test-slow: install  ## tests marked slow (real pretrained models, longer trainin
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install  ## ruff lint and format check
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks notebooks
+	$(BIN)/ruff format --check src tests benchmarks notebooks
 
 format: install  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests benchmarks
