@@ -111,7 +111,9 @@ def test_instruction_tokens_are_excluded_from_the_pool_mask(tokenizer):
         kept = anchor["input_ids"][row][anchor["pool_mask"][row].bool()].tolist()
         assert kept == ids[1:-1]  # the text's own tokens, without [CLS]/[SEP] and without the instruction
     assert "pool_mask" not in batch["positive"]
-    assert batch["anchor_ids"].tolist() == [0, 1]  # ids come from the texts, not the instruction
+    plain_rows = [{"anchor": "a cat sits", "positive": "x"}, {"anchor": "dogs", "positive": "y"}]
+    plain_batch = PairCollator(tokenizer)(plain_rows)
+    assert torch.equal(batch["anchor_ids"], plain_batch["anchor_ids"])  # ids come from the texts, not the instruction
 
 
 def test_instruction_for_an_unknown_field_is_an_error(tokenizer):
