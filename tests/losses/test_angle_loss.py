@@ -100,6 +100,15 @@ def test_ibn_min_score_is_forwarded():
     torch.testing.assert_close(got, InBatchNegativesLoss(min_score=3.0)(anchor, positive, labels=labels))
 
 
+def test_ibn_symmetric_averages_both_directions():
+    torch.manual_seed(5)
+    anchor, positive = torch.randn(5, 8), torch.randn(5, 8)
+    got = AnglELoss(cosine_weight=0.0, angle_weight=0.0, ibn_symmetric=True)(anchor, positive)
+    forward, backward = naive_info_nce(anchor, positive, 0.05), naive_info_nce(positive, anchor, 0.05)
+    assert got.item() == pytest.approx((forward + backward) / 2, rel=1e-5)
+    assert abs(forward - backward) > 1e-3  # the two directions differ, so the test tells them apart
+
+
 def test_grad_finite_when_anchor_equals_positive():
     torch.manual_seed(4)
     anchor = torch.randn(5, 8, requires_grad=True)

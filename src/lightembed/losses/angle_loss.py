@@ -33,6 +33,7 @@ class AnglELoss(nn.Module):
         ibn_temperature: ``τ_ibn > 0``.
         angle_temperature: ``τ_angle > 0``.
         ibn_min_score: with labels, the smallest label a row needs to act as an in-batch query (None: every row).
+        ibn_symmetric: also apply the in-batch term in the positive->anchor direction and average the two.
         duplicates: how the in-batch term treats duplicate texts, ``"positive"`` or ``"ignore"``.
     """
 
@@ -45,6 +46,7 @@ class AnglELoss(nn.Module):
         ibn_temperature: float = 0.05,
         angle_temperature: float = 1.0,
         ibn_min_score: float | None = None,
+        ibn_symmetric: bool = False,
         duplicates: Literal["positive", "ignore"] = "positive",
     ) -> None:
         super().__init__()
@@ -65,7 +67,9 @@ class AnglELoss(nn.Module):
         self.angle_weight = angle_weight
         self.cosine = CoSENTLoss(temperature=cosine_temperature) if cosine_weight > 0 else None
         self.in_batch = (
-            InBatchNegativesLoss(temperature=ibn_temperature, duplicates=duplicates, min_score=ibn_min_score)
+            InBatchNegativesLoss(
+                temperature=ibn_temperature, symmetric=ibn_symmetric, duplicates=duplicates, min_score=ibn_min_score
+            )
             if ibn_weight > 0
             else None
         )
