@@ -28,8 +28,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
+from lightning.pytorch.callbacks import EMAWeightAveraging  # noqa: E402
 
 from lightembed.api import load_encoder  # noqa: E402
+from lightembed.cli import cpu_has_fast_bf16  # noqa: E402
 from lightembed.data import PairDataModule  # noqa: E402
 from lightembed.data.sources import load_source, resolve_data_root  # noqa: E402
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
@@ -76,13 +78,18 @@ def run_lightembed(
     clip: float = 1.0,
     seed: int = SEED,
     eval_file: str = TEST,
+    dropout: float | None = None,
+    ema_decay: float | None = None,
 ):
+    """Train one epoch and score the final weights (with ``ema_decay``: the exponential moving average of the
+    weights, Lightning's ``EMAWeightAveraging``); ``dropout`` overrides the backbone's dropout rates."""
     L.seed_everything(seed, verbose=False)
     module = ContrastiveModule(
         model=MODEL,
         loss=loss,
         pooling="mean",
         max_length=MAX_LEN,
+        dropout=dropout,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01),
         warmup_ratio=WARMUP,
     )
@@ -97,6 +104,9 @@ def run_lightembed(
         seed=seed,
     )
     timer = TrainTimer()
+    callbacks: list[L.Callback] = [timer]
+    if ema_decay is not None:
+        callbacks.append(EMAWeightAveraging(decay=ema_decay))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -108,7 +118,7 @@ def run_lightembed(
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[timer],
+        callbacks=callbacks,
     )
     trainer.fit(module, datamodule=data)
     pairs = min(limit or len(data.train_dataset), len(data.train_dataset))
@@ -185,6 +195,12 @@ def main() -> None:
         sys.exit("set --data-root or LIGHTEMBED_DATA to the folder holding sts/stsb/ (e.g. ../shared/data)")
     data_root = str(root)
     torch.set_num_threads(ns.threads)
+    if not cpu_has_fast_bf16():
+        print(
+            f"warning: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16; the bf16-mixed runs "
+            "are emulated and many times slower than fp32, so their pairs/s say nothing of bf16 on a capable CPU",
+            file=sys.stderr,
+        )
     if ns.more_seeds:
         more_seeds(data_root, ns.more_seeds)
         return
@@ -223,6 +239,8 @@ def main() -> None:
             "lightning": L.__version__,
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": cpu_has_fast_bf16(),
         },
     }
     if ns.limit is None:

@@ -29,22 +29,30 @@ from stsb_angle import run_lightembed, run_peer
 VALIDATION = "sts/stsb/validation.jsonl"
 RESULTS = Path(__file__).parent / "results" / "stsb_angle_sweep.json"
 
-# name -> loss factory. Temperatures as in the AnglE paper unless named; `angle20` is the angle term at scale 20
-# (temperature 0.05), the default of the AnglE reference code; `min4`/`min3` count only STS pairs scored >= 4 / >= 3
-# as in-batch positives.
+# name -> (loss factory, length-grouped batches, extra options of run_lightembed). Temperatures as in the AnglE paper
+# unless named; `angle20` is the angle term at scale 20 (temperature 0.05), the default of the AnglE reference code;
+# `min4`/`min3` count only STS pairs scored >= 4 / >= 3 as in-batch positives; `sym` applies the in-batch term in both
+# directions; `nodrop` fine-tunes with dropout 0; `ema<d>` scores the exponential moving average of the weights.
 SETTINGS = {
-    "cosent": (lambda: CoSENTLoss(), True),
-    "cosent_shuffled": (lambda: CoSENTLoss(), False),
-    "angle_paper_min4": (lambda: AnglELoss(ibn_min_score=4.0), True),
-    "angle_paper_min4_shuffled": (lambda: AnglELoss(ibn_min_score=4.0), False),
-    "angle_paper_min3": (lambda: AnglELoss(ibn_min_score=3.0), True),
-    "angle20_min4": (lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0), True),
-    "angle20_min4_shuffled": (lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0), False),
-    "cosine_angle20": (lambda: AnglELoss(ibn_weight=0.0, angle_temperature=0.05), True),
+    "cosent": (lambda: CoSENTLoss(), True, {}),
+    "cosent_shuffled": (lambda: CoSENTLoss(), False, {}),
+    "angle_paper_min4": (lambda: AnglELoss(ibn_min_score=4.0), True, {}),
+    "angle_paper_min4_shuffled": (lambda: AnglELoss(ibn_min_score=4.0), False, {}),
+    "angle_paper_min3": (lambda: AnglELoss(ibn_min_score=3.0), True, {}),
+    "angle20_min4": (lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0), True, {}),
+    "angle20_min4_shuffled": (lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0), False, {}),
+    "cosine_angle20": (lambda: AnglELoss(ibn_weight=0.0, angle_temperature=0.05), True, {}),
     "cosine_angle20_w0.02_ibn_min4": (
         lambda: AnglELoss(angle_weight=0.02, angle_temperature=0.05, ibn_min_score=4.0),
         True,
+        {},
     ),
+    "angle_paper_min4_sym": (lambda: AnglELoss(ibn_min_score=4.0, ibn_symmetric=True), True, {}),
+    "angle_paper_min3_sym": (lambda: AnglELoss(ibn_min_score=3.0, ibn_symmetric=True), True, {}),
+    "angle_paper_min4_nodrop": (lambda: AnglELoss(ibn_min_score=4.0), True, {"dropout": 0.0}),
+    "cosent_nodrop": (lambda: CoSENTLoss(), True, {"dropout": 0.0}),
+    "angle_paper_min4_ema0.99": (lambda: AnglELoss(ibn_min_score=4.0), True, {"ema_decay": 0.99}),
+    "cosent_ema0.99": (lambda: CoSENTLoss(), True, {"ema_decay": 0.99}),
 }
 
 
@@ -57,26 +65,35 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=[*SETTINGS, PEER])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--precision",
+        default="bf16-mixed",
+        choices=["bf16-mixed", "32-true"],
+        help="lightembed runs' precision (bf16 is slow on CPUs without AVX512-BF16); fp32 results are kept apart",
+    )
     ns = parser.parse_args()
     root = resolve_data_root(ns.data_root)
     if root is None:
         sys.exit("set --data-root or LIGHTEMBED_DATA to the folder holding sts/stsb/ (e.g. ../shared/data)")
     torch.set_num_threads(ns.threads)
-    results: dict[str, dict[str, float]] = json.loads(RESULTS.read_text())["validation"] if RESULTS.is_file() else {}
+    stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    key = "validation" if ns.precision == "bf16-mixed" else f"validation_{ns.precision}"
+    results: dict[str, dict[str, float]] = stored.setdefault(key, {})
     for seed in ns.seeds:
         for name in ns.only or list(SETTINGS):
             if name == PEER:
                 run = run_peer(str(root), None, seed=seed, eval_file=VALIDATION)
             else:
-                make_loss, grouped = SETTINGS[name]
+                make_loss, grouped, options = SETTINGS[name]
                 run = run_lightembed(
-                    make_loss(), "bf16-mixed", grouped, str(root), None, seed=seed, eval_file=VALIDATION
+                    make_loss(), ns.precision, grouped, str(root), None, seed=seed, eval_file=VALIDATION, **options
                 )
             results.setdefault(name, {})[str(seed)] = run["stsb_test"]
             print(f"{name} seed {seed}: STS-B validation {run['stsb_test']:.2f}", flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps({"validation": results}, indent=2) + "\n")
+            RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
     seeds = sorted({seed for runs in results.values() for seed in runs}, key=int)
+    print(f"{key} (STS-B validation Spearman x100)")
     print("| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
     print("|---|" + "---:|" * (len(seeds) + 1))
     means = {name: statistics.mean(runs.values()) for name, runs in results.items()}
