@@ -4,12 +4,14 @@ Same budget as the benchmark (1 epoch of STS-B train, batch 16, max length 128, 
 length grouping, seed 0); each setting is scored by cosine Spearman x100 on STS-B validation.
 
     python benchmarks/stsb_angle_sweep.py [--data-root ../shared/data] [--only NAME ...] [--seeds 0 1 2]
+    python benchmarks/stsb_angle_sweep.py --precision 32-true --seeds   # print the stored table, run nothing
 
 ``--only peer_st_cosent`` scores the sentence-transformers trainer the same way, for reference. Each setting is a
 loss plus whether batches are length-grouped (``_shuffled``: plain random batches, as the peer's
 trainer draws them; CoSENT and the in-batch term rank within a batch, so batch composition can matter). Several seeds
 tell a setting's effect from seed noise. Writes benchmarks/results/stsb_angle_sweep.json as
-``{"validation": {setting: {seed: spearman}}}`` (runs merge into an existing file, so they can be split).
+``{"validation": {setting: {seed: spearman}}}`` for bf16-mixed runs and ``"validation_32-true"`` for fp32 ones (the
+peer always trains in fp32); runs merge into an existing file, so they can be split.
 """
 
 from __future__ import annotations
@@ -94,12 +96,13 @@ def main() -> None:
             RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
     seeds = sorted({seed for runs in results.values() for seed in runs}, key=int)
     print(f"{key} (STS-B validation Spearman x100)")
-    print("| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
-    print("|---|" + "---:|" * (len(seeds) + 1))
+    print("| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |")
+    print("|---|" + "---:|" * (len(seeds) + 2))
     means = {name: statistics.mean(runs.values()) for name, runs in results.items()}
     for name in sorted(results, key=lambda n: -means[n]):
         cells = [f"{results[name][s]:.2f}" if s in results[name] else "" for s in seeds]
-        print(f"| {name} | " + " | ".join(cells) + f" | {means[name]:.2f} |")
+        sd = f"{statistics.stdev(results[name].values()):.2f}" if len(results[name]) > 1 else ""
+        print(f"| {name} | " + " | ".join(cells) + f" | {means[name]:.2f} | {sd} |")
 
 
 if __name__ == "__main__":
