@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lightembed.cli import cpu_has_fast_bf16
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTEMBED_DATA") or ROOT.parent / "shared" / "data")
 FEW_STEPS = [
@@ -15,6 +17,8 @@ FEW_STEPS = [
     "--trainer.check_val_every_n_epoch=1",
     "--data.init_args.batch_size=4",
     "--trainer.enable_progress_bar=false",
+    # the stage configs train in bf16-mixed, which is emulated and many times slower on CPUs without native bf16
+    f"--trainer.precision={'bf16-mixed' if cpu_has_fast_bf16() else '32-true'}",
 ]
 
 
