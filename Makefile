@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed  ## create .venv and install lightembed with dev and bench extras
 
 # bf16-mixed where the CPU multiplies bf16 natively, else fp32 (emulated bf16 is many times slower than fp32)
-PRECISION = $(shell $(BIN)/python -c "from lightembed.cli import cpu_has_fast_bf16 as f; print('bf16-mixed' if f() else '32-true')")
+PRECISION = $(shell $(BIN)/python -c "from lightembed.precision import cpu_training_precision as p; print(p())")
 
 quickstart: install  ## train AnglE on packaged MiniLM with STS-B train, test on STS-B test, print the table
 	$(BIN)/lightembed fit --config configs/trainer/cpu.yaml --config configs/model/angle_minilm.yaml \

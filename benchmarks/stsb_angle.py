@@ -33,12 +33,12 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import EMAWeightAveraging  # noqa: E402
 
 from lightembed.api import load_encoder  # noqa: E402
-from lightembed.cli import cpu_has_fast_bf16  # noqa: E402
 from lightembed.data import PairDataModule  # noqa: E402
 from lightembed.data.sources import load_source, resolve_data_root  # noqa: E402
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
 from lightembed.losses import AnglELoss, CoSENTLoss  # noqa: E402
 from lightembed.packaged import resolve_packaged  # noqa: E402
+from lightembed.precision import cpu_has_fast_bf16  # noqa: E402
 from lightembed.stages import ContrastiveModule  # noqa: E402
 
 MODEL = "packaged:all-MiniLM-L6-v2"

@@ -53,28 +53,6 @@ def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(
     assert "test/tiny_spearman" in capsys.readouterr().out  # the best checkpoint is tested after fit
 
 
-@pytest.mark.parametrize("fast_bf16", [True, False])
-def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(tiny_bert_dir, monkeypatch, recwarn, fast_bf16):
-    import lightembed.cli as cli
-
-    monkeypatch.setattr(cli, "cpu_has_fast_bf16", lambda: fast_bf16)
-    args = [
-        "--config",
-        str(ROOT / "configs/trainer/cpu.yaml"),
-        "--config",
-        str(ROOT / "configs/model/angle_minilm.yaml"),
-    ]
-    args += ["--config", str(ROOT / "configs/data/stsb.yaml"), "--model.init_args.model", str(tiny_bert_dir)]
-    args += ["--trainer.logger", "false"]
-    cli.build_cli(args, run=False)
-    slow = [w for w in recwarn if "without native bf16" in str(w.message)]
-    assert len(slow) == (0 if fast_bf16 else 1)
-    if slow:
-        assert "--trainer.precision 32-true" in str(slow[0].message)
-    cli.build_cli([*args, "--trainer.precision", "32-true"], run=False)
-    assert len([w for w in recwarn if "without native bf16" in str(w.message)]) == len(slow)  # fp32: no new warning
-
-
 def test_evaluate_prints_a_table_and_writes_json(tiny_bert_dir, sts_file, tmp_path, capsys):
     out = tmp_path / "report.json"
     cli_main(["evaluate", str(tiny_bert_dir), "--sts", f"tiny={sts_file}", "--json", str(out)])

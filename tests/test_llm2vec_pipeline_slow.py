@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lightembed.cli import cpu_has_fast_bf16
+from lightembed.precision import cpu_training_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIGHTEMBED_DATA") or ROOT.parent / "shared" / "data")
@@ -18,7 +18,7 @@ FEW_STEPS = [
     "--data.init_args.batch_size=4",
     "--trainer.enable_progress_bar=false",
     # the stage configs train in bf16-mixed, which is emulated and many times slower on CPUs without native bf16
-    f"--trainer.precision={'bf16-mixed' if cpu_has_fast_bf16() else '32-true'}",
+    f"--trainer.precision={cpu_training_precision()}",
 ]
 
 

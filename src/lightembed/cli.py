@@ -18,26 +18,11 @@ import sys
 from collections.abc import Sequence
 
 import lightning as L
-import torch
-from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
 
 import lightembed.strategies  # noqa: F401  (registers the `fsdp2` and `fsdp_blocks` strategy names)
 from lightembed.pipeline import pipeline_main
 from lightembed.stages.base import EmbeddingModule
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (oneDNN's test: AVX512/AMX on x86, BF16 on Arm).
-
-    Without it bf16 autocast is emulated and runs several times *slower* than fp32 (about 12x for MiniLM training on
-    an AVX2-only CPU, measured with ``benchmarks/stsb_angle.py``).
-    """
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch build without oneDNN
-        return False
 
 
 class LightembedCLI(LightningCLI):
@@ -49,7 +34,7 @@ class LightembedCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         try:
-            trainer = super().instantiate_trainer(**kwargs)
+            return super().instantiate_trainer(**kwargs)
         except ValueError as error:  # Lightning's `fsdp` (FSDP1) refuses CPUs: point at the strategy that runs there
             if "fsdp" not in str(error) or "GPU" not in str(error):
                 raise
@@ -57,14 +42,6 @@ class LightembedCLI(LightningCLI):
                 f"{error} On CPUs use FSDP2 instead: `--trainer.strategy fsdp2` (or configs/trainer/fsdp2.yaml), "
                 "or DDP: `--trainer.strategy ddp`."
             ) from error
-        if isinstance(trainer.accelerator, CPUAccelerator) and "bf16" in str(trainer.precision):
-            if not cpu_has_fast_bf16():
-                rank_zero_warn(
-                    f"--trainer.precision {trainer.precision} on a CPU without native bf16 "
-                    f"({torch.backends.cpu.get_cpu_capability()}): bf16 is emulated here and runs several times "
-                    "slower than fp32. Pass `--trainer.precision 32-true`."
-                )
-        return trainer
 
     def after_fit(self) -> None:
         if getattr(self.datamodule, "test_sources", None) and not self.trainer.fast_dev_run:

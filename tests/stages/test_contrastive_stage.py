@@ -1,5 +1,7 @@
 """ContrastiveModule: a real training loop on a tiny random BERT, STS validation metrics, encode."""
 
+import warnings
+
 import lightning as L
 import pytest
 import torch
@@ -79,6 +81,27 @@ def test_validate_and_test_report_the_same_spearman_as_the_evaluator(tiny_bert_d
     [tested] = trainer.test(module, datamodule=_data(tiny_bert_dir, sts_file), verbose=False)
     [result] = evaluate_sts(module, {"tiny": str(sts_file)})
     assert tested["test/tiny_spearman"] == pytest.approx(result.spearman, abs=1e-3)
+
+
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(tiny_bert_dir, tmp_path, monkeypatch, fast_bf16):
+    import lightembed.stages.base as base
+
+    monkeypatch.setattr(base, "cpu_has_fast_bf16", lambda: fast_bf16)
+
+    def warnings_at_fit_start(precision: str) -> list[str]:
+        module = _module(tiny_bert_dir)
+        module.trainer = _trainer(tmp_path, precision=precision)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module.on_fit_start()
+        return [str(w.message) for w in caught if "without native bf16" in str(w.message)]
+
+    slow = warnings_at_fit_start("bf16-mixed")
+    assert len(slow) == (0 if fast_bf16 else 1)
+    if slow:
+        assert "--trainer.precision 32-true" in slow[0]
+    assert warnings_at_fit_start("32-true") == []  # fp32: no warning
 
 
 def test_encode_keeps_the_input_order_and_matches_single_calls(tiny_bert_dir):

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
@@ -21,6 +22,7 @@ from lightembed.backbones import load_backbone, load_tokenizer
 from lightembed.data.collators import PairCollator
 from lightembed.lora import LoRASettings, apply_lora, load_quantized
 from lightembed.pooling import POOLING_STRATEGIES, pool
+from lightembed.precision import cpu_has_fast_bf16
 from lightembed.strategies import shard_blocks
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -177,6 +179,13 @@ class EmbeddingModule(L.LightningModule):
     def on_fit_start(self) -> None:
         """Check the scaling options against the trainer: accumulation semantics, GradCache sizes and precision."""
         trainer = self.trainer
+        if isinstance(trainer.accelerator, CPUAccelerator) and "bf16" in str(trainer.precision):
+            if not cpu_has_fast_bf16():
+                rank_zero_warn(
+                    f"precision={trainer.precision!r} on a CPU without native bf16 "
+                    f"({torch.backends.cpu.get_cpu_capability()}): bf16 is emulated here and runs several times "
+                    "slower than fp32. Train in fp32: `--trainer.precision 32-true` (Trainer(precision='32-true'))."
+                )
         if self.batch_is_the_negatives and trainer.accumulate_grad_batches > 1:
             rank_zero_warn(
                 f"accumulate_grad_batches={trainer.accumulate_grad_batches} averages gradients of separate batches; "
