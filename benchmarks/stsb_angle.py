@@ -182,14 +182,19 @@ def more_seeds(data_root: str, seeds: list[int], precision: str = "bf16-mixed") 
         ours = run_lightembed(angle(), precision, True, data_root, None, seed=seed)
         seed_runs[ours_name][str(seed)] = ours["stsb_test"]
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    columns = sorted({seed for runs in seed_runs.values() for seed in runs}, key=int)
-    print("| run | " + " | ".join(f"seed {s}" for s in columns) + " | mean | sd |")
+    print_seed_table(seed_runs)
+    print(f"wrote {RESULTS}")
+
+
+def print_seed_table(results: dict[str, dict[str, float]], first: str = "run") -> None:
+    """Print ``{name: {seed: spearman}}`` as a markdown table with a column per seed, the mean and the sd."""
+    columns = sorted({seed for runs in results.values() for seed in runs}, key=int)
+    print(f"| {first} | " + " | ".join(f"seed {s}" for s in columns) + " | mean | sd |")
     print("|---|" + "---:|" * (len(columns) + 2))
-    for name, runs in seed_runs.items():
+    for name, runs in results.items():
         cells = [f"{runs[s]:.2f}" if s in runs else "" for s in columns]
         sd = f"{statistics.stdev(runs.values()):.2f}" if len(runs) > 1 else ""
         print(f"| {name} | " + " | ".join(cells) + f" | {statistics.mean(runs.values()):.2f} | {sd} |")
-    print(f"wrote {RESULTS}")
 
 
 def main() -> None:

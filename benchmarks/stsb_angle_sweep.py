@@ -26,7 +26,7 @@ import torch
 
 from lightembed.data.sources import resolve_data_root
 from lightembed.losses import AnglELoss, CoSENTLoss
-from stsb_angle import run_lightembed, run_peer
+from stsb_angle import print_seed_table, run_lightembed, run_peer
 
 VALIDATION = "sts/stsb/validation.jsonl"
 RESULTS = Path(__file__).parent / "results" / "stsb_angle_sweep.json"
@@ -94,15 +94,9 @@ def main() -> None:
             print(f"{name} seed {seed}: STS-B validation {run['stsb_test']:.2f}", flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
-    seeds = sorted({seed for runs in results.values() for seed in runs}, key=int)
     print(f"{key} (STS-B validation Spearman x100)")
-    print("| setting | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | sd |")
-    print("|---|" + "---:|" * (len(seeds) + 2))
-    means = {name: statistics.mean(runs.values()) for name, runs in results.items()}
-    for name in sorted(results, key=lambda n: -means[n]):
-        cells = [f"{results[name][s]:.2f}" if s in results[name] else "" for s in seeds]
-        sd = f"{statistics.stdev(results[name].values()):.2f}" if len(results[name]) > 1 else ""
-        print(f"| {name} | " + " | ".join(cells) + f" | {means[name]:.2f} | {sd} |")
+    best_first = sorted(results.items(), key=lambda item: -statistics.mean(item[1].values()))
+    print_seed_table(dict(best_first), first="setting")
 
 
 if __name__ == "__main__":
