@@ -81,3 +81,43 @@ def test_module_entry_point_help(capsys):
         cli_main(["fit", "--help"])
     assert exit_info.value.code == 0
     assert "--model" in capsys.readouterr().out
+
+
+def test_fit_with_wise_ft_exports_the_interpolated_best_checkpoint(tiny_bert_dir, sts_file, tmp_path, monkeypatch):
+    """The README's WiSE-FT line: the callback appended on the command line; the export holds θ0 + α·(θ − θ0)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from lightembed.callbacks.interpolation import CURRENT_KEY
+
+    monkeypatch.chdir(tmp_path)
+    cli_main(
+        [
+            "fit",
+            *(
+                "--config",
+                str(ROOT / "configs/trainer/cpu.yaml"),
+                "--config",
+                str(ROOT / "configs/model/angle_minilm.yaml"),
+            ),
+            *("--config", str(ROOT / "configs/data/stsb.yaml"), "--model.init_args.model", str(tiny_bert_dir)),
+            *("--model.init_args.max_length", "32", "--data.init_args.train", str(sts_file)),
+            *("--data.init_args.val", json.dumps({"tiny": str(sts_file)}), "--data.init_args.test", "null"),
+            *("--data.init_args.batch_size", "4", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3"),
+            *("--model.init_args.optimizer.init_args.lr", "1e-2", "--trainer.precision", "32-true"),
+            *("--trainer.logger.init_args.name", "wise", "--trainer.enable_progress_bar", "false"),
+            "--trainer.callbacks+=lightembed.callbacks.WeightInterpolation",
+            "--trainer.callbacks.alpha=0.5",
+        ]
+    )
+    run = tmp_path / "checkpoints" / "wise" / "version_0"
+    [best] = (run / "checkpoints").glob("best-*.ckpt")
+    saved = torch.load(best, weights_only=False)
+    start = load_file(tiny_bert_dir / "model.safetensors")
+    exported = load_file(run / "export" / "model.safetensors")
+    moved = 0.0
+    for name, raw in saved[CURRENT_KEY].items():
+        key = name.removeprefix("backbone.")
+        torch.testing.assert_close(exported[key], start[key] + 0.5 * (raw - start[key]))
+        moved = max(moved, (raw - start[key]).abs().max().item())
+    assert moved > 1e-3
