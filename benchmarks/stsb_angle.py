@@ -7,10 +7,13 @@ same evaluator for all. Throughput = training pairs per second of the training l
     python benchmarks/stsb_angle.py [--data-root ../shared/data] [--limit N]
     python benchmarks/stsb_angle.py --more-seeds 1 2   # peer and lightembed AnglE again with other seeds
     python benchmarks/stsb_angle.py --more-seeds 1 2 --precision 32-true   # the same, lightembed in fp32
+    python benchmarks/stsb_angle.py --more-seeds 0 1 --runs lightembed_angle_wise --precision 32-true
 
-Writes benchmarks/results/stsb_angle.json. ``--more-seeds`` keeps the seed-0 runs there and adds ``seed_runs``:
-``{run: {seed: stsb_test}}`` for the peer and lightembed AnglE (bf16), so the gap between them can be told from the
-seed noise of a 1-epoch fine-tuning (batch order, dropout).
+Writes benchmarks/results/stsb_angle.json. ``--more-seeds`` keeps the other runs there and adds ``seed_runs``:
+``{run: {seed: stsb_test}}`` for the peer and lightembed AnglE (bf16) or the runs named by ``--runs``, so the gap
+between them can be told from the seed noise of a 1-epoch fine-tuning (batch order, dropout); a seed-0 run also
+becomes that entry of ``runs``. ``lightembed_angle_wise`` is AnglE ending with WiSE-FT weights (``WeightInterpolation``,
+alpha chosen on STS-B validation by ``stsb_angle_sweep.py --wise``).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch  # noqa: E402
 from lightning.pytorch.callbacks import EMAWeightAveraging  # noqa: E402
 
 from lightembed.api import load_encoder  # noqa: E402
+from lightembed.callbacks import WeightInterpolation  # noqa: E402
 from lightembed.data import PairDataModule  # noqa: E402
 from lightembed.data.sources import load_source, resolve_data_root  # noqa: E402
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
@@ -45,6 +49,8 @@ MODEL = "packaged:all-MiniLM-L6-v2"
 TRAIN, TEST = "sts/stsb/train.jsonl", "sts/stsb/test.jsonl"
 BATCH, MAX_LEN, LR, WARMUP, SEED = 16, 128, 2e-5, 0.1, 0
 RESULTS = Path(__file__).parent / "results" / "stsb_angle.json"
+# WiSE-FT weight of the fine-tuned weights, chosen on STS-B validation (stsb_angle_sweep.py --wise, seeds 0 and 1).
+WISE_ALPHA = 0.5
 
 
 class TrainTimer(L.Callback):
@@ -71,7 +77,7 @@ def stsb_test(model, data_root: str, split_file: str = TEST) -> float:
     return round(result.spearman, 2)
 
 
-def run_lightembed(
+def train_lightembed(
     loss: torch.nn.Module,
     precision: str,
     length_grouping: bool,
@@ -79,12 +85,14 @@ def run_lightembed(
     limit: int | None,
     clip: float = 1.0,
     seed: int = SEED,
-    eval_file: str = TEST,
     dropout: float | None = None,
     ema_decay: float | None = None,
-):
-    """Train one epoch and score the final weights (with ``ema_decay``: the exponential moving average of the
-    weights, Lightning's ``EMAWeightAveraging``); ``dropout`` overrides the backbone's dropout rates."""
+    wise_alpha: float | None = None,
+    callbacks: tuple[L.Callback, ...] = (),
+) -> tuple[ContrastiveModule, PairDataModule, float]:
+    """Train one epoch: the module (final weights; with ``ema_decay`` their exponential moving average, Lightning's
+    ``EMAWeightAveraging``; with ``wise_alpha`` their WiSE-FT interpolation with the start), the data and the seconds
+    spent training. ``dropout`` overrides the backbone's dropout rates."""
     L.seed_everything(seed, verbose=False)
     module = ContrastiveModule(
         model=MODEL,
@@ -106,9 +114,11 @@ def run_lightembed(
         seed=seed,
     )
     timer = TrainTimer()
-    callbacks: list[L.Callback] = [timer]
+    callbacks = [timer, *callbacks]
     if ema_decay is not None:
         callbacks.append(EMAWeightAveraging(decay=ema_decay))
+    if wise_alpha is not None:
+        callbacks.append(WeightInterpolation(alpha=wise_alpha))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -123,8 +133,23 @@ def run_lightembed(
         callbacks=callbacks,
     )
     trainer.fit(module, datamodule=data)
+    return module, data, timer.seconds
+
+
+def run_lightembed(
+    loss: torch.nn.Module,
+    precision: str,
+    length_grouping: bool,
+    data_root: str,
+    limit: int | None,
+    seed: int = SEED,
+    eval_file: str = TEST,
+    **options,
+):
+    """Train one epoch (``train_lightembed``) and score the weights the run ends with on ``eval_file``."""
+    module, data, seconds = train_lightembed(loss, precision, length_grouping, data_root, limit, seed=seed, **options)
     pairs = min(limit or len(data.train_dataset), len(data.train_dataset))
-    return {"stsb_test": stsb_test(module, data_root, eval_file), "pairs_per_s": round(pairs / timer.seconds, 2)}
+    return {"stsb_test": stsb_test(module, data_root, eval_file), "pairs_per_s": round(pairs / seconds, 2)}
 
 
 def run_peer(data_root: str, limit: int | None, seed: int = SEED, eval_file: str = TEST):
@@ -166,22 +191,44 @@ def run_peer(data_root: str, limit: int | None, seed: int = SEED, eval_file: str
     return {"stsb_test": score, "pairs_per_s": round(len(train) / seconds, 2)}
 
 
-def more_seeds(data_root: str, seeds: list[int], precision: str = "bf16-mixed") -> None:
-    """Add peer / lightembed AnglE runs with other seeds to the results file (its seed-0 runs are kept).
+# Runs that --more-seeds can add: name -> how to run it at (data root, seed, lightembed precision).
+SEED_RUNS = {
+    "peer_st_cosent": lambda root, seed, precision: run_peer(root, None, seed=seed),
+    "lightembed_angle": lambda root, seed, precision: run_lightembed(angle(), precision, True, root, None, seed=seed),
+    "lightembed_cosent": lambda root, seed, precision: run_lightembed(
+        CoSENTLoss(), precision, True, root, None, seed=seed
+    ),
+    "lightembed_angle_wise": lambda root, seed, precision: run_lightembed(
+        angle(), precision, True, root, None, seed=seed, wise_alpha=WISE_ALPHA
+    ),
+}
 
-    lightembed's runs are stored as ``lightembed_angle`` (bf16-mixed) or ``lightembed_angle_fp32`` (32-true, for CPUs
-    without native bf16; fp32 and bf16 AnglE score alike: 83.08 vs 83.12 at seed 0).
+
+def more_seeds(
+    data_root: str,
+    seeds: list[int],
+    precision: str = "bf16-mixed",
+    names: tuple[str, ...] = ("peer_st_cosent", "lightembed_angle"),
+) -> None:
+    """Add runs of ``names`` with ``seeds`` to the results file (the other runs there are kept).
+
+    lightembed's fp32 runs (32-true, for CPUs without native bf16) are stored with a ``_fp32`` suffix (fp32 and bf16
+    AnglE score alike: 83.08 vs 83.12 at seed 0); the peer always trains in fp32. A seed-0 run is also stored as that
+    entry of ``runs``, with its pairs/s.
     """
     result = json.loads(RESULTS.read_text())
     seed_runs = result.setdefault("seed_runs", {})
-    ours_name = "lightembed_angle" if precision == "bf16-mixed" else "lightembed_angle_fp32"
-    for name in ("peer_st_cosent", ours_name):
-        seed_runs.setdefault(name, {}).setdefault(str(SEED), result["runs"][name]["stsb_test"])
     for seed in seeds:
-        seed_runs["peer_st_cosent"][str(seed)] = run_peer(data_root, None, seed=seed)["stsb_test"]
-        ours = run_lightembed(angle(), precision, True, data_root, None, seed=seed)
-        seed_runs[ours_name][str(seed)] = ours["stsb_test"]
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        for name in names:
+            key = name if precision == "bf16-mixed" or name == "peer_st_cosent" else f"{name}_fp32"
+            if key in result["runs"]:  # its seed-0 score, measured by the main run
+                seed_runs.setdefault(key, {}).setdefault(str(SEED), result["runs"][key]["stsb_test"])
+            run = SEED_RUNS[name](data_root, seed, precision)
+            seed_runs.setdefault(key, {})[str(seed)] = run["stsb_test"]
+            if seed == SEED:
+                result["runs"][key] = run
+            print(f"{key} seed {seed}: STS-B test {run['stsb_test']:.2f}", flush=True)
+            RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print_seed_table(seed_runs)
     print(f"wrote {RESULTS}")
 
@@ -204,6 +251,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--more-seeds", nargs="+", type=int, default=None, help="only add runs with these seeds")
     parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["peer_st_cosent", "lightembed_angle"],
+        choices=list(SEED_RUNS),
+        help="with --more-seeds: which runs to add",
+    )
+    parser.add_argument(
         "--precision",
         default="bf16-mixed",
         choices=["bf16-mixed", "32-true"],
@@ -222,7 +276,7 @@ def main() -> None:
             file=sys.stderr,
         )
     if ns.more_seeds:
-        more_seeds(data_root, ns.more_seeds, ns.precision)
+        more_seeds(data_root, ns.more_seeds, ns.precision, tuple(ns.runs))
         return
 
     baseline = stsb_test(load_encoder(MODEL), data_root)

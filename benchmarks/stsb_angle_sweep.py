@@ -5,6 +5,7 @@ length grouping, seed 0); each setting is scored by cosine Spearman x100 on STS-
 
     python benchmarks/stsb_angle_sweep.py [--data-root ../shared/data] [--only NAME ...] [--seeds 0 1 2]
     python benchmarks/stsb_angle_sweep.py --precision 32-true --seeds   # print the stored table, run nothing
+    python benchmarks/stsb_angle_sweep.py --precision 32-true --wise 0.3 0.5 0.7 --seeds 0 1
 
 ``--only peer_st_cosent`` scores the sentence-transformers trainer the same way, for reference. Each setting is a
 loss plus whether batches are length-grouped (``_shuffled``: plain random batches, as the peer's
@@ -12,6 +13,10 @@ trainer draws them; CoSENT and the in-batch term rank within a batch, so batch c
 tell a setting's effect from seed noise. Writes benchmarks/results/stsb_angle_sweep.json as
 ``{"validation": {setting: {seed: spearman}}}`` for bf16-mixed runs and ``"validation_32-true"`` for fp32 ones (the
 peer always trains in fp32); runs merge into an existing file, so they can be split.
+
+``--wise ALPHA...`` scores WiSE-FT for ``angle_paper_min4``: one training per seed, then the weights
+``θ0 + α·(θ − θ0)`` for each alpha (the interpolation ``lightembed.callbacks.WeightInterpolation`` ends a run with),
+stored as ``angle_paper_min4_wise<alpha>``; the benchmark's ``WISE_ALPHA`` is the best of them.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import statistics
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
 
+from lightembed.callbacks.interpolation import interpolate_weight
 from lightembed.data.sources import resolve_data_root
 from lightembed.losses import AnglELoss, CoSENTLoss
-from stsb_angle import print_seed_table, run_lightembed, run_peer
+from stsb_angle import print_seed_table, run_lightembed, run_peer, stsb_test, train_lightembed
 
 VALIDATION = "sts/stsb/validation.jsonl"
 RESULTS = Path(__file__).parent / "results" / "stsb_angle_sweep.json"
@@ -59,6 +66,33 @@ SETTINGS = {
 
 
 PEER = "peer_st_cosent"  # the sentence-transformers trainer with its CoSENTLoss, for reference (opt in: --only)
+WISE_SETTING = "angle_paper_min4"
+
+
+class StartWeights(L.Callback):
+    """Keeps the trainable weights as they were when ``fit`` started."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.weights = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+
+
+def wise_scores(root: str, precision: str, seed: int, alphas: list[float]) -> dict[str, float]:
+    """Train ``WISE_SETTING`` once; STS-B validation of the WiSE-FT weights for every alpha (1.0: plain training)."""
+    make_loss, grouped, options = SETTINGS[WISE_SETTING]
+    start = StartWeights()
+    module, _, _ = train_lightembed(
+        make_loss(), precision, grouped, root, None, seed=seed, callbacks=(start,), **options
+    )
+    end = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    scores = {}
+    with torch.no_grad():
+        for alpha in [*alphas, 1.0]:
+            for name, p in module.named_parameters():
+                if name in end:
+                    p.copy_(interpolate_weight(name, start.weights[name], end[name], alpha))
+            name = WISE_SETTING if alpha == 1.0 else f"{WISE_SETTING}_wise{alpha:g}"
+            scores[name] = stsb_test(module, root, VALIDATION)
+    return scores
 
 
 def main() -> None:
@@ -67,6 +101,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=[*SETTINGS, PEER])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--wise", nargs="+", type=float, default=None, metavar="ALPHA", help="WiSE-FT alphas to score")
     parser.add_argument(
         "--precision",
         default="bf16-mixed",
@@ -81,7 +116,13 @@ def main() -> None:
     stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     key = "validation" if ns.precision == "bf16-mixed" else f"validation_{ns.precision}"
     results: dict[str, dict[str, float]] = stored.setdefault(key, {})
-    for seed in ns.seeds:
+    if ns.wise:
+        for seed in ns.seeds:
+            for name, score in wise_scores(str(root), ns.precision, seed, ns.wise).items():
+                results.setdefault(name, {})[str(seed)] = score
+                print(f"{name} seed {seed}: STS-B validation {score:.2f}", flush=True)
+            RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
+    for seed in [] if ns.wise else ns.seeds:
         for name in ns.only or list(SETTINGS):
             if name == PEER:
                 run = run_peer(str(root), None, seed=seed, eval_file=VALIDATION)
