@@ -13,7 +13,8 @@ Writes benchmarks/results/stsb_angle.json. ``--more-seeds`` keeps the other runs
 ``{run: {seed: stsb_test}}`` for the peer and lightembed AnglE (bf16) or the runs named by ``--runs``, so the gap
 between them can be told from the seed noise of a 1-epoch fine-tuning (batch order, dropout); a seed-0 run also
 becomes that entry of ``runs``. ``lightembed_angle_wise`` is AnglE ending with WiSE-FT weights (``WeightInterpolation``,
-alpha chosen on STS-B validation by ``stsb_angle_sweep.py --wise``).
+alpha chosen on STS-B validation by ``stsb_angle_sweep.py --wise``); ``lightembed_angle_random_batches`` is AnglE
+without length grouping.
 """
 
 from __future__ import annotations
@@ -200,6 +201,10 @@ SEED_RUNS = {
     ),
     "lightembed_angle_wise": lambda root, seed, precision: run_lightembed(
         angle(), precision, True, root, None, seed=seed, wise_alpha=WISE_ALPHA
+    ),
+    # random batches, as the peer's trainer draws them (the others group lengths, a throughput lever)
+    "lightembed_angle_random_batches": lambda root, seed, precision: run_lightembed(
+        angle(), precision, False, root, None, seed=seed
     ),
 }
 
