@@ -10,10 +10,8 @@ from lightembed.cli import cli_main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(
-    tiny_bert_dir, sts_file, tmp_path, monkeypatch, capsys
-):
-    monkeypatch.chdir(tmp_path)
+def fit_shipped_configs(model_dir, sts_file, name: str, *extra: str) -> None:
+    """``lightembed fit`` with the shipped cpu / angle_minilm / stsb configs, on a tiny model and data, 3 steps."""
     cli_main(
         [
             "fit",
@@ -24,7 +22,7 @@ def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(
             "--config",
             str(ROOT / "configs/data/stsb.yaml"),
             "--model.init_args.model",
-            str(tiny_bert_dir),
+            str(model_dir),
             "--model.init_args.max_length",
             "32",
             "--data.init_args.train",
@@ -40,11 +38,19 @@ def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(
             "--trainer.val_check_interval",
             "3",
             "--trainer.logger.init_args.name",
-            "clitest",
+            name,
             "--trainer.enable_progress_bar",
             "false",
+            *extra,
         ]
     )
+
+
+def test_fit_from_the_shipped_configs_writes_checkpoint_export_and_logs(
+    tiny_bert_dir, sts_file, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    fit_shipped_configs(tiny_bert_dir, sts_file, "clitest")
     run = tmp_path / "checkpoints" / "clitest" / "version_0"
     assert list((run / "checkpoints").glob("best-*.ckpt"))
     assert (run / "export" / "modules.json").is_file()
@@ -91,24 +97,13 @@ def test_fit_with_wise_ft_exports_the_interpolated_best_checkpoint(tiny_bert_dir
     from lightembed.callbacks.interpolation import CURRENT_KEY
 
     monkeypatch.chdir(tmp_path)
-    cli_main(
-        [
-            "fit",
-            *(
-                "--config",
-                str(ROOT / "configs/trainer/cpu.yaml"),
-                "--config",
-                str(ROOT / "configs/model/angle_minilm.yaml"),
-            ),
-            *("--config", str(ROOT / "configs/data/stsb.yaml"), "--model.init_args.model", str(tiny_bert_dir)),
-            *("--model.init_args.max_length", "32", "--data.init_args.train", str(sts_file)),
-            *("--data.init_args.val", json.dumps({"tiny": str(sts_file)}), "--data.init_args.test", "null"),
-            *("--data.init_args.batch_size", "4", "--trainer.max_steps", "3", "--trainer.val_check_interval", "3"),
-            *("--model.init_args.optimizer.init_args.lr", "1e-2", "--trainer.precision", "32-true"),
-            *("--trainer.logger.init_args.name", "wise", "--trainer.enable_progress_bar", "false"),
-            "--trainer.callbacks+=lightembed.callbacks.WeightInterpolation",
-            "--trainer.callbacks.alpha=0.5",
-        ]
+    fit_shipped_configs(
+        tiny_bert_dir,
+        sts_file,
+        "wise",
+        *("--model.init_args.optimizer.init_args.lr", "1e-2", "--trainer.precision", "32-true"),
+        "--trainer.callbacks+=lightembed.callbacks.WeightInterpolation",
+        "--trainer.callbacks.alpha=0.5",
     )
     run = tmp_path / "checkpoints" / "wise" / "version_0"
     [best] = (run / "checkpoints").glob("best-*.ckpt")
