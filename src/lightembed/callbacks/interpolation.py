@@ -27,7 +27,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 CURRENT_KEY = "wise_current"
 
@@ -47,6 +47,19 @@ def interpolate_weight(name: str, start: Tensor, end: Tensor, alpha: float) -> T
     return torch.lerp(start.to(end.device, end.dtype), end.detach(), alpha)
 
 
+def trainable_weights(module: nn.Module) -> dict[str, Tensor]:
+    """Detached copies of ``module``'s trainable parameters, by name."""
+    return {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def load_interpolation(module: nn.Module, start: dict[str, Tensor], end: dict[str, Tensor], alpha: float) -> None:
+    """Set each trainable parameter of ``module`` to the interpolation of its ``start`` and ``end`` values."""
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            p.copy_(interpolate_weight(name, start[name], end[name], alpha))
+
+
 class WeightInterpolation(L.Callback):
     """End ``fit`` with ``θ0 + alpha·(θ − θ0)`` of the trainable weights, and validate and checkpoint those (WiSE-FT).
 
@@ -64,27 +77,23 @@ class WeightInterpolation(L.Callback):
 
     # ------------------------------------------------------------------ weights
     @staticmethod
-    def _trainable(pl_module: L.LightningModule) -> dict[str, torch.nn.Parameter]:
-        return {name: p for name, p in pl_module.named_parameters() if p.requires_grad}
-
-    def _interpolated(self, name: str, current: Tensor) -> Tensor:
-        assert self._start is not None
-        return interpolate_weight(name, self._start[name], current, self.alpha)
-
     @torch.no_grad()
+    def _load(pl_module: L.LightningModule, weights: dict[str, Tensor]) -> None:
+        """Copy ``weights`` (by parameter name) into ``pl_module``."""
+        for name, p in pl_module.named_parameters():
+            if name in weights:
+                p.copy_(weights[name])
+
     def _swap_in_interpolated(self, pl_module: L.LightningModule) -> None:
         """Keep the raw weights aside and load the interpolated ones."""
-        params = self._trainable(pl_module)
-        self._stash = {name: p.detach().clone() for name, p in params.items()}
-        for name, p in params.items():
-            p.copy_(self._interpolated(name, p))
+        assert self._start is not None
+        self._stash = trainable_weights(pl_module)
+        load_interpolation(pl_module, self._start, self._stash, self.alpha)
 
-    @torch.no_grad()
     def _restore_raw(self, pl_module: L.LightningModule) -> None:
         if self._stash is None or self._finished:
             return
-        for name, p in self._trainable(pl_module).items():
-            p.copy_(self._stash[name])
+        self._load(pl_module, self._stash)
         self._stash = None
 
     def _check_lora_starts_at_zero(self, start: dict[str, Tensor]) -> None:
@@ -113,7 +122,7 @@ class WeightInterpolation(L.Callback):
                 "not the interpolated ones; drop save_weights_only"
             )
         if self._start is None:  # a resumed fit may already have the run's starting point from the checkpoint
-            self._start = {name: p.detach().clone() for name, p in self._trainable(pl_module).items()}
+            self._start = trainable_weights(pl_module)
         self._check_lora_starts_at_zero(self._start)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -138,20 +147,15 @@ class WeightInterpolation(L.Callback):
         if self._stash is not None:  # mid-validation or after training: the module holds the interpolated weights
             checkpoint[CURRENT_KEY] = {name: t.clone() for name, t in self._stash.items() if name in state}
             return
-        raw = {name: p for name, p in self._trainable(pl_module).items() if name in state}
-        checkpoint[CURRENT_KEY] = {name: p.detach().clone() for name, p in raw.items()}
-        for name, p in raw.items():
-            state[name] = self._interpolated(name, p)
+        raw = {name: t for name, t in trainable_weights(pl_module).items() if name in state}
+        checkpoint[CURRENT_KEY] = raw
+        for name, t in raw.items():
+            state[name] = interpolate_weight(name, self._start[name], t, self.alpha)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         """Resuming ``fit``: the module was loaded with the interpolated weights; put back the raw ones it trains."""
-        current = checkpoint.get(CURRENT_KEY)
-        if current is None:
-            return
-        with torch.no_grad():
-            for name, p in self._trainable(pl_module).items():
-                if name in current:
-                    p.copy_(current[name])
+        if CURRENT_KEY in checkpoint:
+            self._load(pl_module, checkpoint[CURRENT_KEY])
 
     def state_dict(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "start": self._start}
