@@ -192,28 +192,30 @@ def run_peer(data_root: str, limit: int | None, seed: int = SEED, eval_file: str
     return {"stsb_test": score, "pairs_per_s": round(len(train) / seconds, 2)}
 
 
-# Runs that --more-seeds can add: name -> how to run it at (data root, seed, lightembed precision).
-SEED_RUNS = {
-    "peer_st_cosent": lambda root, seed, precision: run_peer(root, None, seed=seed),
-    "lightembed_angle": lambda root, seed, precision: run_lightembed(angle(), precision, True, root, None, seed=seed),
-    "lightembed_cosent": lambda root, seed, precision: run_lightembed(
-        CoSENTLoss(), precision, True, root, None, seed=seed
-    ),
-    "lightembed_angle_wise": lambda root, seed, precision: run_lightembed(
-        angle(), precision, True, root, None, seed=seed, wise_alpha=WISE_ALPHA
-    ),
+PEER = "peer_st_cosent"  # the sentence-transformers trainer with its CoSENTLoss
+# lightembed runs that --more-seeds can add: name -> (loss factory, length-grouped batches, run_lightembed options)
+RUNS = {
+    "lightembed_angle": (angle, True, {}),
+    "lightembed_cosent": (CoSENTLoss, True, {}),
+    "lightembed_angle_wise": (angle, True, {"wise_alpha": WISE_ALPHA}),
     # random batches, as the peer's trainer draws them (the others group lengths, a throughput lever)
-    "lightembed_angle_random_batches": lambda root, seed, precision: run_lightembed(
-        angle(), precision, False, root, None, seed=seed
-    ),
+    "lightembed_angle_random_batches": (angle, False, {}),
 }
+
+
+def run_named(name: str, runs: dict, precision: str, data_root: str, seed: int, eval_file: str = TEST) -> dict:
+    """Run ``PEER`` or the lightembed setting ``runs[name]`` = (loss factory, length grouping, options)."""
+    if name == PEER:
+        return run_peer(data_root, None, seed=seed, eval_file=eval_file)
+    make_loss, grouped, options = runs[name]
+    return run_lightembed(make_loss(), precision, grouped, data_root, None, seed=seed, eval_file=eval_file, **options)
 
 
 def more_seeds(
     data_root: str,
     seeds: list[int],
     precision: str = "bf16-mixed",
-    names: tuple[str, ...] = ("peer_st_cosent", "lightembed_angle"),
+    names: tuple[str, ...] = (PEER, "lightembed_angle"),
 ) -> None:
     """Add runs of ``names`` with ``seeds`` to the results file (the other runs there are kept).
 
@@ -225,10 +227,10 @@ def more_seeds(
     seed_runs = result.setdefault("seed_runs", {})
     for seed in seeds:
         for name in names:
-            key = name if precision == "bf16-mixed" or name == "peer_st_cosent" else f"{name}_fp32"
+            key = name if precision == "bf16-mixed" or name == PEER else f"{name}_fp32"
             if key in result["runs"]:  # its seed-0 score, measured by the main run
                 seed_runs.setdefault(key, {}).setdefault(str(SEED), result["runs"][key]["stsb_test"])
-            run = SEED_RUNS[name](data_root, seed, precision)
+            run = run_named(name, RUNS, precision, data_root, seed)
             seed_runs.setdefault(key, {})[str(seed)] = run["stsb_test"]
             if seed == SEED:
                 result["runs"][key] = run
@@ -258,8 +260,8 @@ def main() -> None:
     parser.add_argument(
         "--runs",
         nargs="+",
-        default=["peer_st_cosent", "lightembed_angle"],
-        choices=list(SEED_RUNS),
+        default=[PEER, "lightembed_angle"],
+        choices=[PEER, *RUNS],
         help="with --more-seeds: which runs to add",
     )
     parser.add_argument(
@@ -286,12 +288,12 @@ def main() -> None:
 
     baseline = stsb_test(load_encoder(MODEL), data_root)
     runs = {
-        "peer_st_cosent": run_peer(data_root, ns.limit),
+        PEER: run_peer(data_root, ns.limit),
         "lightembed_angle": run_lightembed(angle(), "bf16-mixed", True, data_root, ns.limit),
         "lightembed_cosent": run_lightembed(CoSENTLoss(), "bf16-mixed", True, data_root, ns.limit),
         "lightembed_angle_fp32": run_lightembed(angle(), "32-true", True, data_root, ns.limit),
     }
-    peer = runs["peer_st_cosent"]
+    peer = runs[PEER]
     print(f"\nSTS-B test Spearman x100 before training: {baseline:.2f}")
     print("| run | stsb_test | pairs/s | vs peer (spearman) | vs peer (speed) |")
     print("|---|---:|---:|---:|---:|")

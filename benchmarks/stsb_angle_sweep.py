@@ -30,10 +30,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightembed.callbacks.interpolation import interpolate_weight
+from lightembed.callbacks.interpolation import load_interpolation, trainable_weights
 from lightembed.data.sources import resolve_data_root
 from lightembed.losses import AnglELoss, CoSENTLoss
-from stsb_angle import print_seed_table, run_lightembed, run_peer, stsb_test, train_lightembed
+from stsb_angle import PEER, print_seed_table, run_named, stsb_test, train_lightembed
 
 VALIDATION = "sts/stsb/validation.jsonl"
 RESULTS = Path(__file__).parent / "results" / "stsb_angle_sweep.json"
@@ -65,7 +65,6 @@ SETTINGS = {
 }
 
 
-PEER = "peer_st_cosent"  # the sentence-transformers trainer with its CoSENTLoss, for reference (opt in: --only)
 WISE_SETTING = "angle_paper_min4"
 
 
@@ -73,7 +72,7 @@ class StartWeights(L.Callback):
     """Keeps the trainable weights as they were when ``fit`` started."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.weights = {n: p.detach().clone() for n, p in pl_module.named_parameters() if p.requires_grad}
+        self.weights = trainable_weights(pl_module)
 
 
 def wise_scores(root: str, precision: str, seed: int, alphas: list[float]) -> dict[str, float]:
@@ -83,15 +82,12 @@ def wise_scores(root: str, precision: str, seed: int, alphas: list[float]) -> di
     module, _, _ = train_lightembed(
         make_loss(), precision, grouped, root, None, seed=seed, callbacks=(start,), **options
     )
-    end = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    end = trainable_weights(module)
     scores = {}
-    with torch.no_grad():
-        for alpha in [*alphas, 1.0]:
-            for name, p in module.named_parameters():
-                if name in end:
-                    p.copy_(interpolate_weight(name, start.weights[name], end[name], alpha))
-            name = WISE_SETTING if alpha == 1.0 else f"{WISE_SETTING}_wise{alpha:g}"
-            scores[name] = stsb_test(module, root, VALIDATION)
+    for alpha in [*alphas, 1.0]:
+        load_interpolation(module, start.weights, end, alpha)
+        name = WISE_SETTING if alpha == 1.0 else f"{WISE_SETTING}_wise{alpha:g}"
+        scores[name] = stsb_test(module, root, VALIDATION)
     return scores
 
 
@@ -116,23 +112,17 @@ def main() -> None:
     stored = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     key = "validation" if ns.precision == "bf16-mixed" else f"validation_{ns.precision}"
     results: dict[str, dict[str, float]] = stored.setdefault(key, {})
-    if ns.wise:
-        for seed in ns.seeds:
-            for name, score in wise_scores(str(root), ns.precision, seed, ns.wise).items():
-                results.setdefault(name, {})[str(seed)] = score
-                print(f"{name} seed {seed}: STS-B validation {score:.2f}", flush=True)
-            RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
-    for seed in [] if ns.wise else ns.seeds:
-        for name in ns.only or list(SETTINGS):
-            if name == PEER:
-                run = run_peer(str(root), None, seed=seed, eval_file=VALIDATION)
-            else:
-                make_loss, grouped, options = SETTINGS[name]
-                run = run_lightembed(
-                    make_loss(), ns.precision, grouped, str(root), None, seed=seed, eval_file=VALIDATION, **options
-                )
-            results.setdefault(name, {})[str(seed)] = run["stsb_test"]
-            print(f"{name} seed {seed}: STS-B validation {run['stsb_test']:.2f}", flush=True)
+    for seed in ns.seeds:
+        if ns.wise:
+            scores = wise_scores(str(root), ns.precision, seed, ns.wise).items()
+        else:  # lazily, so that each setting is saved as soon as it has run
+            scores = (
+                (name, run_named(name, SETTINGS, ns.precision, str(root), seed, VALIDATION)["stsb_test"])
+                for name in ns.only or list(SETTINGS)
+            )
+        for name, score in scores:
+            results.setdefault(name, {})[str(seed)] = score
+            print(f"{name} seed {seed}: STS-B validation {score:.2f}", flush=True)
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(stored, indent=2) + "\n")
     print(f"{key} (STS-B validation Spearman x100)")
