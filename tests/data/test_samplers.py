@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from lightembed.data.samplers import EpochRandomSampler, LengthGroupedBatchSampler
 
@@ -80,6 +80,21 @@ def test_epoch_random_sampler():
     assert sorted(first) == list(range(10)) and len(sampler) == 10
     sampler.set_epoch(1)
     assert list(sampler) != first
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_epoch_random_sampler_draws_the_peers_order(seed):
+    """The order of torch's DistributedSampler on one device at every epoch, and of a RandomSampler with a generator
+    seeded by the seed (sentence-transformers' trainer) at the first: runs with the same seed are paired."""
+    ours = EpochRandomSampler(101, seed=seed)
+    distributed = DistributedSampler(range(101), num_replicas=1, rank=0, shuffle=True, seed=seed)
+    for epoch in range(3):
+        ours.set_epoch(epoch)
+        distributed.set_epoch(epoch)
+        assert list(ours) == list(distributed)
+    ours.set_epoch(0)
+    peer = RandomSampler(range(101), generator=torch.Generator().manual_seed(seed))
+    assert list(ours) == list(peer)
 
 
 def test_distributed_shards_cover_the_data():

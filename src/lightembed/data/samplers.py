@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 class EpochRandomSampler(RandomSampler):
     """A random permutation of ``range(num_samples)`` fixed by ``(seed, epoch)``; advance it with ``set_epoch``.
 
+    The permutation is torch's ``randperm`` with a generator seeded by ``seed + epoch``: the order torch's
+    ``DistributedSampler`` gives on one device, and the order sentence-transformers' trainer gives in its first epoch
+    with the same seed. So a lightembed run and a peer run with the same seed see the same batches, and their
+    comparison is paired: with the same loss they train alike (see ``benchmarks/stsb_angle.py``).
+
     Subclasses :class:`~torch.utils.data.RandomSampler` so Lightning knows the data is shuffled.
 
     Args:
@@ -51,8 +56,8 @@ class EpochRandomSampler(RandomSampler):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        return iter(rng.permutation(len(self.data_source)).tolist())
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(len(self.data_source), generator=generator).tolist())
 
     def __len__(self) -> int:
         return len(self.data_source)
