@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -55,7 +56,7 @@ class EmbeddingModule(L.LightningModule):
         lora: train a LoRA adapter instead of every weight (``None``: full fine-tuning).
         quantization: ``4bit`` loads the base with bitsandbytes NF4 (QLoRA; needs ``lora``).
         optimizer: builds the optimizer from parameter groups (weight decay is off for biases and norms).
-        warmup_ratio: fraction of the training steps spent warming the learning rate up from 0.
+        warmup_ratio: fraction of the training steps spent warming the learning rate up from 0 (rounded up).
         scheduler: learning-rate shape after warmup.
     """
 
@@ -304,7 +305,7 @@ class EmbeddingModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(self._parameter_groups())
         total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(self.hparams.warmup_ratio * total)
+        warmup = math.ceil(self.hparams.warmup_ratio * total)  # rounded up, as transformers' Trainer does
         schedule = get_scheduler(self.hparams.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
