@@ -13,8 +13,13 @@ Writes benchmarks/results/stsb_angle.json. ``--more-seeds`` keeps the other runs
 ``{run: {seed: stsb_test}}`` for the peer and lightembed AnglE (bf16) or the runs named by ``--runs``, so the gap
 between them can be told from the seed noise of a 1-epoch fine-tuning (batch order, dropout); a seed-0 run also
 becomes that entry of ``runs``. ``lightembed_angle_wise`` is AnglE ending with WiSE-FT weights (``WeightInterpolation``,
-alpha chosen on STS-B validation by ``stsb_angle_sweep.py --wise``); ``lightembed_angle_random_batches`` is AnglE
-without length grouping.
+alpha chosen on STS-B validation by ``stsb_angle_sweep.py --wise``); ``lightembed_angle_random_batches`` and
+``lightembed_cosent_random_batches`` train without length grouping.
+
+Random batches are paired with the peer's: lightembed's sampler draws the permutation sentence-transformers' trainer
+draws for the same seed, so both see the same batches, and lightembed CoSENT on random batches reproduces the peer's
+score (``tests/stages/test_peer_parity.py`` checks the weights on a tiny model). The difference between
+``lightembed_angle_random_batches`` and the peer at a seed is then the objective's, free of batch-order noise.
 """
 
 from __future__ import annotations
@@ -198,8 +203,9 @@ RUNS = {
     "lightembed_angle": (angle, True, {}),
     "lightembed_cosent": (CoSENTLoss, True, {}),
     "lightembed_angle_wise": (angle, True, {"wise_alpha": WISE_ALPHA}),
-    # random batches, as the peer's trainer draws them (the others group lengths, a throughput lever)
+    # random batches, the same ones the peer's trainer draws (the others group lengths, a throughput lever)
     "lightembed_angle_random_batches": (angle, False, {}),
+    "lightembed_cosent_random_batches": (CoSENTLoss, False, {}),
 }
 
 
