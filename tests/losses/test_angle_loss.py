@@ -100,6 +100,15 @@ def test_ibn_min_score_is_forwarded():
     torch.testing.assert_close(got, InBatchNegativesLoss(min_score=3.0)(anchor, positive, labels=labels))
 
 
+def test_ibn_candidates_all_is_forwarded():
+    torch.manual_seed(6)
+    anchor, positive = torch.randn(6, 8), torch.randn(6, 8)
+    ids = {"anchor_ids": torch.tensor([0, 1, 0, 2, 3, 4]), "positive_ids": torch.tensor([5, 6, 7, 5, 1, 8])}
+    got = AnglELoss(cosine_weight=0.0, angle_weight=0.0, ibn_candidates="all")(anchor, positive, **ids)
+    torch.testing.assert_close(got, InBatchNegativesLoss(candidates="all")(anchor, positive, **ids))
+    assert AnglELoss().in_batch.candidates == "positives"
+
+
 def test_ibn_symmetric_averages_both_directions():
     torch.manual_seed(5)
     anchor, positive = torch.randn(5, 8), torch.randn(5, 8)

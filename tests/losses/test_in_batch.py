@@ -73,6 +73,52 @@ def naive_in_batch(
     return sum(losses[i] for i in rows) / len(rows)
 
 
+def naive_all_texts(
+    anchor,
+    positive,
+    negative=None,
+    tau=0.05,
+    anchor_ids=None,
+    positive_ids=None,
+    negative_ids=None,
+    duplicates="positive",
+    labels=None,
+    min_score=None,
+):
+    """candidates="all": every pair side is a query against every other text of the batch."""
+    batch = len(anchor)
+    texts = []  # (vector, text id or None, index of the partner or None)
+    for i in range(batch):
+        texts.append((anchor[i], None if anchor_ids is None else anchor_ids[i], batch + i))
+    for i in range(batch):
+        texts.append((positive[i], None if positive_ids is None else positive_ids[i], i))
+    for b in range(0 if negative is None else len(negative)):
+        for n in range(len(negative[b])):
+            texts.append((negative[b][n], None if negative_ids is None else negative_ids[b][n], None))
+    losses = []
+    for r in range(2 * batch):
+        query, query_id, partner = texts[r]
+        partner_id = texts[partner][1]
+        numerator, denominator = 0.0, 0.0
+        for c, (vector, text_id, c_partner) in enumerate(texts):
+            if c == r:
+                continue
+            logit = naive_cos(query, vector) / tau
+            own = c == partner
+            c_partner_id = None if c_partner is None else texts[c_partner][1]
+            duplicate = text_id is not None and text_id in (query_id, partner_id)
+            duplicate = duplicate or (c_partner_id is not None and c_partner_id == query_id)
+            if own or (duplicate and duplicates == "positive"):
+                numerator += math.exp(logit)
+            if own or not duplicate or duplicates == "positive":
+                denominator += math.exp(logit)
+        losses.append(-math.log(numerator / denominator))
+    rows = range(2 * batch)
+    if min_score is not None and labels is not None:
+        rows = [r for r in rows if labels[r % batch] >= min_score]
+    return sum(losses[r] for r in rows) / len(rows) if rows else 0.0
+
+
 # Deliberate duplicates: anchors 0 and 2 are the same text; positive 3 repeats positive 0; positive 4 is the text of
 # anchor 1; negative (5, 0) repeats positive 5 and negative (1, 1) repeats anchor 1.
 ANCHOR_IDS = [0, 1, 0, 2, 3, 4]
@@ -181,6 +227,60 @@ def test_symmetric_matches_naive_loop(duplicates):
     assert got_ids.item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_all_texts_plain_matches_cross_entropy_over_the_whole_batch():
+    anchor, positive, _ = batch(13)
+    got = InBatchNegativesLoss(temperature=0.05, candidates="all")(anchor, positive)
+    texts = F.normalize(torch.cat([anchor, positive]), dim=-1)  # (12, 8)
+    logits = (texts @ texts.T / 0.05).masked_fill(torch.eye(12, dtype=torch.bool), float("-inf"))
+    torch.testing.assert_close(got, F.cross_entropy(logits, (torch.arange(12) + 6) % 12))
+    assert got.item() == pytest.approx(naive_all_texts(anchor, positive), rel=1e-5)
+    # more negatives than the positives-only form, so a different loss
+    assert got.item() != pytest.approx(InBatchNegativesLoss(temperature=0.05)(anchor, positive).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("duplicates", ["positive", "ignore"])
+@pytest.mark.parametrize("with_negatives", [False, True])
+def test_all_texts_duplicates_match_naive_loop(duplicates, with_negatives):
+    anchor, positive, negative = batch(14)
+    kwargs = {"anchor_ids": ANCHOR_IDS, "positive_ids": POSITIVE_IDS}
+    if with_negatives:
+        kwargs["negative_ids"] = NEGATIVE_IDS
+    else:
+        negative = None
+    loss = InBatchNegativesLoss(temperature=0.1, duplicates=duplicates, candidates="all")
+    got = loss(anchor, positive, negative, **{name: torch.tensor(ids) for name, ids in kwargs.items()})
+    expected = naive_all_texts(anchor, positive, negative, tau=0.1, duplicates=duplicates, **kwargs)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert abs(got.item() - loss(anchor, positive, negative).item()) > 1e-3
+    # one id tensor alone: the texts without ids match nothing
+    only_anchor = loss(anchor, positive, negative, anchor_ids=torch.tensor(ANCHOR_IDS))
+    expected = naive_all_texts(anchor, positive, negative, tau=0.1, duplicates=duplicates, anchor_ids=ANCHOR_IDS)
+    assert only_anchor.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_all_texts_min_score_keeps_both_sides_of_high_rows():
+    anchor, positive, negative = batch(15)
+    labels = [5.0, 1.0, 4.0, 0.5, 3.0, 2.0]
+    loss = InBatchNegativesLoss(min_score=3.0, candidates="all")
+    got = loss(anchor, positive, negative, labels=torch.tensor(labels))
+    expected = naive_all_texts(anchor, positive, negative, labels=labels, min_score=3.0)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    zero = InBatchNegativesLoss(min_score=10.0, candidates="all")(
+        anchor.requires_grad_(), positive, labels=torch.zeros(6)
+    )
+    assert zero.item() == 0.0 and zero.grad_fn is not None
+
+
+@pytest.mark.parametrize("duplicates", ["positive", "ignore"])
+def test_all_texts_grad_finite_when_texts_repeat(duplicates):
+    torch.manual_seed(16)
+    anchor = torch.randn(6, 8, requires_grad=True)
+    positive = (anchor.detach() + 1e-6 * torch.randn(6, 8)).requires_grad_()
+    loss = InBatchNegativesLoss(duplicates=duplicates, candidates="all")
+    loss(anchor, positive, anchor_ids=torch.tensor(ANCHOR_IDS), positive_ids=torch.tensor(ANCHOR_IDS)).backward()
+    assert torch.isfinite(anchor.grad).all() and torch.isfinite(positive.grad).all()
+
+
 def test_min_score_keeps_only_high_rows_as_queries():
     anchor, positive, _ = batch(8)
     labels = [5.0, 1.0, 4.0, 0.5, 3.0, 2.0]
@@ -238,6 +338,10 @@ def test_errors():
             InBatchNegativesLoss(temperature=tau)
     with pytest.raises(ValueError, match="duplicates"):
         InBatchNegativesLoss(duplicates="merge")
+    with pytest.raises(ValueError, match="candidates must be one of positives, all"):
+        InBatchNegativesLoss(candidates="everything")
+    with pytest.raises(ValueError, match="symmetric=True has no meaning with candidates='all'"):
+        InBatchNegativesLoss(symmetric=True, candidates="all")
     loss = InBatchNegativesLoss()
     with pytest.raises(ValueError, match="anchor_ids"):
         loss(anchor, positive, anchor_ids=torch.arange(5))

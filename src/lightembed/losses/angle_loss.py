@@ -35,6 +35,8 @@ class AnglELoss(nn.Module):
         ibn_min_score: with labels, the smallest label a row needs to act as an in-batch query (None: every row).
         ibn_symmetric: also apply the in-batch term in the positive->anchor direction and average the two.
         duplicates: how the in-batch term treats duplicate texts, ``"positive"`` or ``"ignore"``.
+        ibn_candidates: the in-batch term's candidates, ``"positives"`` (the batch's positives and hard negatives) or
+            ``"all"`` (every other text of the batch, both sides of each pair as queries, as AnglE's reference code).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class AnglELoss(nn.Module):
         ibn_min_score: float | None = None,
         ibn_symmetric: bool = False,
         duplicates: Literal["positive", "ignore"] = "positive",
+        ibn_candidates: Literal["positives", "all"] = "positives",
     ) -> None:
         super().__init__()
         weights = {"cosine_weight": cosine_weight, "ibn_weight": ibn_weight, "angle_weight": angle_weight}
@@ -68,7 +71,11 @@ class AnglELoss(nn.Module):
         self.cosine = CoSENTLoss(temperature=cosine_temperature) if cosine_weight > 0 else None
         self.in_batch = (
             InBatchNegativesLoss(
-                temperature=ibn_temperature, symmetric=ibn_symmetric, duplicates=duplicates, min_score=ibn_min_score
+                temperature=ibn_temperature,
+                symmetric=ibn_symmetric,
+                duplicates=duplicates,
+                min_score=ibn_min_score,
+                candidates=ibn_candidates,
             )
             if ibn_weight > 0
             else None

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from lightembed.losses._common import check_embeddings, check_labels, check_positive, to_float
 
 DUPLICATE_MODES = ("positive", "ignore")
+CANDIDATE_MODES = ("positives", "all")
 
 
 def _check_ids(name: str, ids: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
@@ -64,6 +65,36 @@ def duplicate_mask(
     return torch.cat([dup_keys, dup_negs], dim=1)  # (B, B*(1+N))
 
 
+def all_texts_duplicate_mask(ids: Tensor, known: Tensor, partner: Tensor, num_queries: int) -> Tensor:
+    """Which texts repeat a positive of each query when every text is a candidate: ``dup (Q, T)`` bool.
+
+    The texts are the ``Q = 2B`` pair sides, then the hard negatives; query ``r`` is text ``r``, whose own positive is
+    its partner (the other side of its pair). Text ``c`` is a duplicate-positive of query ``r`` when its id equals the
+    query's or the partner's, or when ``c``'s own partner has the query's id (the other side of a copy of the query).
+    A text is never its own duplicate, and a text without an id matches nothing.
+
+    Args:
+        ids: ``(T,)`` text id of every text (any value where ``known`` is False).
+        known: ``(T,)`` bool, whether the text has an id.
+        partner: ``(T,)`` index of each text's partner, ``-1`` for hard negatives.
+        num_queries: ``Q``, the number of leading texts that are queries.
+    """
+
+    def same(x: Tensor, x_known: Tensor, y: Tensor, y_known: Tensor) -> Tensor:  # (Q, T): y_r == x_c, both known
+        return (x.unsqueeze(0) == y.unsqueeze(1)) & x_known.unsqueeze(0) & y_known.unsqueeze(1)
+
+    has_partner = partner >= 0  # (T,)
+    partner_ids = ids[partner.clamp_min(0)]  # (T,)
+    partner_known = known[partner.clamp_min(0)] & has_partner  # (T,)
+    q_ids, q_known = ids[:num_queries], known[:num_queries]  # (Q,) each
+    qp_ids, qp_known = partner_ids[:num_queries], partner_known[:num_queries]  # (Q,) each
+    dup = same(ids, known, q_ids, q_known)  # (Q, T) same text as the query
+    dup |= same(ids, known, qp_ids, qp_known)  # (Q, T) same text as the query's positive
+    dup |= same(partner_ids, partner_known, q_ids, q_known)  # (Q, T) the positive of a copy of the query
+    dup[torch.arange(num_queries), torch.arange(num_queries)] = False  # the query itself is no candidate
+    return dup
+
+
 class InBatchNegativesLoss(nn.Module):
     """InfoNCE with in-batch negatives (van den Oord et al. 2018; Henderson et al. 2017 "MultipleNegativesRanking").
 
@@ -81,9 +112,17 @@ class InBatchNegativesLoss(nn.Module):
     ``positive_i`` as the single target.
 
     ``symmetric=True`` averages with the positive->anchor direction (query ``positive_i``, candidates the ``B``
-    anchors, duplicates found with the roles of the ids swapped). With ``min_score`` and labels, only rows whose label
-    is ``≥ min_score`` are queries (the others remain candidates); the loss is the mean over the query rows, and 0
-    (with a grad_fn) when there is none.
+    anchors, duplicates found with the roles of the ids swapped).
+
+    ``candidates="all"`` makes every text of the batch a candidate, as AnglE's reference implementation does: both
+    sides of every pair are queries (``2B`` of them), the own positive is the other side of the pair, and the
+    candidates are the other ``2B − 1`` pair texts and the hard negatives, so texts on the query's own side are
+    negatives too. The duplicate rules are the same read over all texts (see :func:`all_texts_duplicate_mask`). Both
+    directions are already in the mean, so ``symmetric`` is refused with it.
+
+    With ``min_score`` and labels, only rows whose label is ``≥ min_score`` are queries (both sides of the pair with
+    ``candidates="all"``; the others remain candidates); the loss is the mean over the query rows, and 0 (with a
+    grad_fn) when there is none.
 
     Args:
         temperature: τ > 0; logits are ``cos / τ``.
@@ -92,6 +131,8 @@ class InBatchNegativesLoss(nn.Module):
             denominator). Has an effect only when ids are passed to ``forward``.
         min_score: with labels, the smallest label a row needs to act as a query (for scored STS pairs); None uses
             every row.
+        candidates: ``"positives"`` (the batch's positives and hard negatives) or ``"all"`` (every other text of the
+            batch, both sides of each pair as queries).
     """
 
     def __init__(
@@ -100,20 +141,29 @@ class InBatchNegativesLoss(nn.Module):
         symmetric: bool = False,
         duplicates: Literal["positive", "ignore"] = "positive",
         min_score: float | None = None,
+        candidates: Literal["positives", "all"] = "positives",
     ) -> None:
         super().__init__()
         check_positive("temperature", temperature)
         if duplicates not in DUPLICATE_MODES:
             raise ValueError(f"duplicates must be one of {', '.join(DUPLICATE_MODES)}, got {duplicates!r}")
+        if candidates not in CANDIDATE_MODES:
+            raise ValueError(f"candidates must be one of {', '.join(CANDIDATE_MODES)}, got {candidates!r}")
+        if symmetric and candidates == "all":
+            raise ValueError(
+                "symmetric=True has no meaning with candidates='all': both sides of each pair are queries already"
+            )
         self.temperature = temperature
         self.symmetric = symmetric
         self.duplicates = duplicates
         self.min_score = min_score
+        self.candidates = candidates
 
-    def _per_query(self, logits: Tensor, dup: Tensor | None) -> Tensor:
-        """Loss of each query ``(B,)`` from ``logits (B, C)``; query ``i``'s own positive is candidate ``i``."""
-        batch = logits.shape[0]
-        target = torch.arange(batch, device=logits.device)  # (B,)
+    def _per_query(self, logits: Tensor, dup: Tensor | None, target: Tensor | None = None) -> Tensor:
+        """Loss of each query ``(Q,)`` from ``logits (Q, C)``; query ``i``'s own positive is candidate ``target[i]``
+        (default ``i``). Candidates that must not count at all are already at the dtype's minimum in ``logits``."""
+        if target is None:
+            target = torch.arange(logits.shape[0], device=logits.device)  # (Q,)
         if dup is None:
             return F.cross_entropy(logits, target, reduction="none")  # (B,)
         fill = torch.finfo(logits.dtype).min
@@ -165,10 +215,11 @@ class InBatchNegativesLoss(nn.Module):
 
         a = F.normalize(to_float(anchor), dim=-1)  # (B, H)
         p = F.normalize(to_float(positive), dim=-1)  # (B, H)
-        candidates = p
-        if negative is not None:
-            n = F.normalize(to_float(negative), dim=-1).reshape(batch * num_neg, hidden)  # (B*N, H)
-            candidates = torch.cat([p, n])  # (B*(1+N), H)
+        n = None if negative is None else F.normalize(to_float(negative), dim=-1).reshape(batch * num_neg, hidden)
+        if self.candidates == "all":
+            per_query = self._all_texts(a, p, n, anchor_ids, positive_ids, negative_ids)  # (2B,)
+            return self._reduce(per_query, None if labels is None else labels.repeat(2))
+        candidates = p if n is None else torch.cat([p, n])  # (B*(1+N), H)
         logits = a @ candidates.T / self.temperature  # (B, B*(1+N))
         per_query = self._per_query(logits, duplicate_mask(anchor_ids, positive_ids, negative_ids, num_neg))  # (B,)
 
@@ -176,8 +227,39 @@ class InBatchNegativesLoss(nn.Module):
             logits_back = p @ a.T / self.temperature  # (B, B) query positive_i, candidates the anchors
             back = self._per_query(logits_back, duplicate_mask(positive_ids, anchor_ids, None, 0))  # (B,)
             per_query = (per_query + back) / 2  # (B,)
+        return self._reduce(per_query, labels)
 
+    def _all_texts(
+        self,
+        a: Tensor,
+        p: Tensor,
+        n: Tensor | None,
+        anchor_ids: Tensor | None,
+        positive_ids: Tensor | None,
+        negative_ids: Tensor | None,
+    ) -> Tensor:
+        """Per-query loss ``(2B,)`` with ``candidates="all"``, from normalised ``a, p (B, H)`` and ``n (B*N, H)``."""
+        batch = a.shape[0]
+        texts = torch.cat([a, p] if n is None else [a, p, n])  # (T, H), T = 2B + B*N
+        num_texts = texts.shape[0]
+        queries = 2 * batch
+        logits = texts[:queries] @ texts.T / self.temperature  # (2B, T)
+        index = torch.arange(queries, device=a.device)  # (2B,)
+        logits = logits.masked_fill(F.one_hot(index, num_texts).bool(), torch.finfo(logits.dtype).min)  # self out
+        partner = (index + batch) % queries  # (2B,) the other side of each pair
+        dup = None
+        if anchor_ids is not None or positive_ids is not None:
+            parts = [(anchor_ids, batch), (positive_ids, batch), (negative_ids, num_texts - queries)]
+            missing = partner.new_zeros  # (size,) placeholder ids, on the embeddings' device
+            ids = torch.cat([missing(size) if x is None else x.reshape(-1) for x, size in parts])  # (T,)
+            known = torch.cat([missing(size, dtype=torch.bool) | (x is not None) for x, size in parts])  # (T,)
+            partner_all = torch.cat([partner, partner.new_full((num_texts - queries,), -1)])  # (T,) negatives: none
+            dup = all_texts_duplicate_mask(ids, known, partner_all, queries)  # (2B, T)
+        return self._per_query(logits, dup, partner)  # (2B,)
+
+    def _reduce(self, per_query: Tensor, labels: Tensor | None) -> Tensor:
+        """Mean over the queries whose label is ``≥ min_score`` (every query without ``min_score`` or labels)."""
         if self.min_score is None or labels is None:
             return per_query.mean()
-        is_query = (labels >= self.min_score).to(per_query.dtype)  # (B,)
+        is_query = (labels >= self.min_score).to(per_query.dtype)  # (Q,)
         return (per_query * is_query).sum() / is_query.sum().clamp_min(1.0)  # 0 with a grad_fn when no row qualifies
