@@ -17,33 +17,63 @@ def naive_cos(x: torch.Tensor, y: torch.Tensor) -> float:
     return dot / (math.sqrt(sum(a * a for a in x)) * math.sqrt(sum(b * b for b in y)))
 
 
+def naive_query_loss(query, candidates, tau, duplicates):
+    """−log(Σ positives / Σ candidates) of one query; ``candidates`` = [(vector, own positive?, duplicate?)]."""
+    numerator, denominator = 0.0, 0.0
+    for vector, own, duplicate in candidates:
+        logit = naive_cos(query, vector) / tau
+        if own or (duplicate and duplicates == "positive"):
+            numerator += math.exp(logit)
+        if own or not duplicate or duplicates == "positive":
+            denominator += math.exp(logit)
+    return -math.log(numerator / denominator)
+
+
+def naive_negatives(negatives, negative_ids):
+    """Hard negatives row-major as [(vector, text id or None)]."""
+    return [
+        (negatives[b][n], None if negative_ids is None else negative_ids[b][n])
+        for b in range(len(negatives))
+        for n in range(len(negatives[b]))
+    ]
+
+
 def naive_direction(queries, keys, negatives, query_ids, key_ids, negative_ids, tau, duplicates):
     """Loss of every query i: candidates are all keys, then all hard negatives (row-major)."""
     batch = len(queries)
-    candidates = []  # (vector, text id or None, index of the key or None)
-    for j in range(batch):
-        candidates.append((keys[j], None if key_ids is None else key_ids[j], j))
-    for b in range(len(negatives)):
-        for n in range(len(negatives[b])):
-            candidates.append((negatives[b][n], None if negative_ids is None else negative_ids[b][n], None))
+    candidates = [(keys[j], None if key_ids is None else key_ids[j], j) for j in range(batch)]
+    candidates += [(vector, text_id, None) for vector, text_id in naive_negatives(negatives, negative_ids)]
     losses = []
     for i in range(batch):
-        numerator, denominator = 0.0, 0.0
+        marked = []
         for vector, text_id, key_index in candidates:
-            logit = naive_cos(queries[i], vector) / tau
-            own = key_index == i
-            duplicate = False
-            if text_id is not None and key_ids is not None and text_id == key_ids[i]:
-                duplicate = True
-            if text_id is not None and query_ids is not None and text_id == query_ids[i]:
-                duplicate = True
-            if key_index is not None and query_ids is not None and query_ids[key_index] == query_ids[i]:
-                duplicate = True
-            if own or (duplicate and duplicates == "positive"):
-                numerator += math.exp(logit)
-            if own or not duplicate or duplicates == "positive":
-                denominator += math.exp(logit)
-        losses.append(-math.log(numerator / denominator))
+            duplicate = text_id is not None and key_ids is not None and text_id == key_ids[i]
+            duplicate |= text_id is not None and query_ids is not None and text_id == query_ids[i]
+            duplicate |= key_index is not None and query_ids is not None and query_ids[key_index] == query_ids[i]
+            marked.append((vector, key_index == i, duplicate))
+        losses.append(naive_query_loss(queries[i], marked, tau, duplicates))
+    return losses
+
+
+def naive_all_texts(anchor, positive, negatives, anchor_ids, positive_ids, negative_ids, tau, duplicates):
+    """candidates="all": loss of every pair side (anchors, then positives) against every other text of the batch."""
+    batch = len(anchor)
+    texts = [(anchor[i], None if anchor_ids is None else anchor_ids[i], batch + i) for i in range(batch)]
+    texts += [(positive[i], None if positive_ids is None else positive_ids[i], i) for i in range(batch)]
+    texts += [(vector, text_id, None) for vector, text_id in naive_negatives(negatives, negative_ids)]
+    losses = []
+    for r in range(2 * batch):
+        query, query_id, partner = texts[r]
+        partner_id = texts[partner][1]
+        marked = []
+        for c, (vector, text_id, c_partner) in enumerate(texts):
+            if c == r:
+                continue
+            c_partner_id = None if c_partner is None else texts[c_partner][1]
+            duplicate = text_id is not None and text_id in (query_id, partner_id)
+            duplicate |= c_partner_id is not None and c_partner_id == query_id
+            marked.append((vector, c == partner, duplicate))
+        losses.append(naive_query_loss(query, marked, tau, duplicates))
     return losses
 
 
@@ -59,64 +89,22 @@ def naive_in_batch(
     symmetric=False,
     labels=None,
     min_score=None,
+    candidates="positives",
 ):
     negatives = [] if negative is None else [list(row) for row in negative]
-    losses = naive_direction(anchor, positive, negatives, anchor_ids, positive_ids, negative_ids, tau, duplicates)
+    if candidates == "all":
+        losses = naive_all_texts(anchor, positive, negatives, anchor_ids, positive_ids, negative_ids, tau, duplicates)
+    else:
+        losses = naive_direction(anchor, positive, negatives, anchor_ids, positive_ids, negative_ids, tau, duplicates)
     if symmetric:
         back = naive_direction(positive, anchor, [], positive_ids, anchor_ids, None, tau, duplicates)
         losses = [(f + b) / 2 for f, b in zip(losses, back, strict=True)]
     rows = range(len(losses))
     if min_score is not None and labels is not None:
-        rows = [i for i in rows if labels[i] >= min_score]
+        rows = [i for i in rows if labels[i % len(anchor)] >= min_score]  # both sides of a pair with "all"
     if not rows:
         return 0.0
     return sum(losses[i] for i in rows) / len(rows)
-
-
-def naive_all_texts(
-    anchor,
-    positive,
-    negative=None,
-    tau=0.05,
-    anchor_ids=None,
-    positive_ids=None,
-    negative_ids=None,
-    duplicates="positive",
-    labels=None,
-    min_score=None,
-):
-    """candidates="all": every pair side is a query against every other text of the batch."""
-    batch = len(anchor)
-    texts = []  # (vector, text id or None, index of the partner or None)
-    for i in range(batch):
-        texts.append((anchor[i], None if anchor_ids is None else anchor_ids[i], batch + i))
-    for i in range(batch):
-        texts.append((positive[i], None if positive_ids is None else positive_ids[i], i))
-    for b in range(0 if negative is None else len(negative)):
-        for n in range(len(negative[b])):
-            texts.append((negative[b][n], None if negative_ids is None else negative_ids[b][n], None))
-    losses = []
-    for r in range(2 * batch):
-        query, query_id, partner = texts[r]
-        partner_id = texts[partner][1]
-        numerator, denominator = 0.0, 0.0
-        for c, (vector, text_id, c_partner) in enumerate(texts):
-            if c == r:
-                continue
-            logit = naive_cos(query, vector) / tau
-            own = c == partner
-            c_partner_id = None if c_partner is None else texts[c_partner][1]
-            duplicate = text_id is not None and text_id in (query_id, partner_id)
-            duplicate = duplicate or (c_partner_id is not None and c_partner_id == query_id)
-            if own or (duplicate and duplicates == "positive"):
-                numerator += math.exp(logit)
-            if own or not duplicate or duplicates == "positive":
-                denominator += math.exp(logit)
-        losses.append(-math.log(numerator / denominator))
-    rows = range(2 * batch)
-    if min_score is not None and labels is not None:
-        rows = [r for r in rows if labels[r % batch] >= min_score]
-    return sum(losses[r] for r in rows) / len(rows) if rows else 0.0
 
 
 # Deliberate duplicates: anchors 0 and 2 are the same text; positive 3 repeats positive 0; positive 4 is the text of
@@ -233,7 +221,7 @@ def test_all_texts_plain_matches_cross_entropy_over_the_whole_batch():
     texts = F.normalize(torch.cat([anchor, positive]), dim=-1)  # (12, 8)
     logits = (texts @ texts.T / 0.05).masked_fill(torch.eye(12, dtype=torch.bool), float("-inf"))
     torch.testing.assert_close(got, F.cross_entropy(logits, (torch.arange(12) + 6) % 12))
-    assert got.item() == pytest.approx(naive_all_texts(anchor, positive), rel=1e-5)
+    assert got.item() == pytest.approx(naive_in_batch(anchor, positive, candidates="all"), rel=1e-5)
     # more negatives than the positives-only form, so a different loss
     assert got.item() != pytest.approx(InBatchNegativesLoss(temperature=0.05)(anchor, positive).item(), rel=1e-3)
 
@@ -249,12 +237,12 @@ def test_all_texts_duplicates_match_naive_loop(duplicates, with_negatives):
         negative = None
     loss = InBatchNegativesLoss(temperature=0.1, duplicates=duplicates, candidates="all")
     got = loss(anchor, positive, negative, **{name: torch.tensor(ids) for name, ids in kwargs.items()})
-    expected = naive_all_texts(anchor, positive, negative, tau=0.1, duplicates=duplicates, **kwargs)
+    expected = naive_in_batch(anchor, positive, negative, 0.1, duplicates=duplicates, candidates="all", **kwargs)
     assert got.item() == pytest.approx(expected, rel=1e-5)
     assert abs(got.item() - loss(anchor, positive, negative).item()) > 1e-3
     # one id tensor alone: the texts without ids match nothing
     only_anchor = loss(anchor, positive, negative, anchor_ids=torch.tensor(ANCHOR_IDS))
-    expected = naive_all_texts(anchor, positive, negative, tau=0.1, duplicates=duplicates, anchor_ids=ANCHOR_IDS)
+    expected = naive_in_batch(anchor, positive, negative, 0.1, ANCHOR_IDS, duplicates=duplicates, candidates="all")
     assert only_anchor.item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -263,7 +251,7 @@ def test_all_texts_min_score_keeps_both_sides_of_high_rows():
     labels = [5.0, 1.0, 4.0, 0.5, 3.0, 2.0]
     loss = InBatchNegativesLoss(min_score=3.0, candidates="all")
     got = loss(anchor, positive, negative, labels=torch.tensor(labels))
-    expected = naive_all_texts(anchor, positive, negative, labels=labels, min_score=3.0)
+    expected = naive_in_batch(anchor, positive, negative, labels=labels, min_score=3.0, candidates="all")
     assert got.item() == pytest.approx(expected, rel=1e-5)
     zero = InBatchNegativesLoss(min_score=10.0, candidates="all")(
         anchor.requires_grad_(), positive, labels=torch.zeros(6)
