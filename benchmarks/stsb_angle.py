@@ -14,7 +14,8 @@ Writes benchmarks/results/stsb_angle.json. ``--more-seeds`` keeps the other runs
 between them can be told from the seed noise of a 1-epoch fine-tuning (batch order, dropout); a seed-0 run also
 becomes that entry of ``runs``. ``lightembed_angle_wise`` is AnglE ending with WiSE-FT weights (``WeightInterpolation``,
 alpha chosen on STS-B validation by ``stsb_angle_sweep.py --wise``); ``lightembed_angle_random_batches`` and
-``lightembed_cosent_random_batches`` train without length grouping.
+``lightembed_cosent_random_batches`` train without length grouping; ``lightembed_angle_all_texts_random_batches`` too,
+with AnglE's in-batch term over every text of the batch (``ibn_candidates="all"``).
 
 Random batches are paired with the peer's: lightembed's sampler draws the permutation sentence-transformers' trainer
 draws for the same seed, so both see the same batches, and lightembed CoSENT on random batches reproduces the peer's
@@ -76,6 +77,12 @@ def angle() -> AnglELoss:
     """AnglE with the paper's weights and temperatures; on scored STS pairs only pairs scored >= 4 of 5 are in-batch
     positives (a pair scored 0 is not a positive), as in configs/model/angle_minilm.yaml."""
     return AnglELoss(ibn_min_score=4.0)
+
+
+def angle_all_texts() -> AnglELoss:
+    """:func:`angle` with the in-batch term over every text of the batch (``ibn_candidates="all"``), as AnglE's
+    reference code computes it, instead of the paper's anchors-against-positives."""
+    return AnglELoss(ibn_min_score=4.0, ibn_candidates="all")
 
 
 def stsb_test(model, data_root: str, split_file: str = TEST) -> float:
@@ -206,6 +213,7 @@ RUNS = {
     # random batches, the same ones the peer's trainer draws (the others group lengths, a throughput lever)
     "lightembed_angle_random_batches": (angle, False, {}),
     "lightembed_cosent_random_batches": (CoSENTLoss, False, {}),
+    "lightembed_angle_all_texts_random_batches": (angle_all_texts, False, {}),
 }
 
 
