@@ -48,30 +48,40 @@ def duplicate_mask(
         return None
     ref = query_ids if query_ids is not None else key_ids
     batch = ref.shape[0]
-    dup_keys = torch.zeros(batch, batch, dtype=torch.bool, device=ref.device)  # (B, B)
-    if key_ids is not None:
-        dup_keys |= key_ids.unsqueeze(0) == key_ids.unsqueeze(1)  # (B, B) k_j == k_i
-    if key_ids is not None and query_ids is not None:
-        dup_keys |= key_ids.unsqueeze(0) == query_ids.unsqueeze(1)  # (B, B) k_j == q_i
-    if query_ids is not None:
-        dup_keys |= query_ids.unsqueeze(0) == query_ids.unsqueeze(1)  # (B, B) q_j == q_i
-    dup_negs = torch.zeros(batch, batch * num_negatives, dtype=torch.bool, device=ref.device)  # (B, B*N)
-    if negative_ids is not None:
-        flat = negative_ids.reshape(-1)  # (B*N,)
-        if key_ids is not None:
-            dup_negs |= flat.unsqueeze(0) == key_ids.unsqueeze(1)  # (B, B*N) n == k_i
-        if query_ids is not None:
-            dup_negs |= flat.unsqueeze(0) == query_ids.unsqueeze(1)  # (B, B*N) n == q_i
-    return torch.cat([dup_keys, dup_negs], dim=1)  # (B, B*(1+N))
+    ids, known = batch_text_ids(query_ids, key_ids, negative_ids, batch, num_negatives)
+    partner = pair_partners(batch, num_negatives, ref.device)
+    # the all-texts rules with the queries as the only query rows, read on the keys and negatives
+    return all_texts_duplicate_mask(ids, known, partner, batch)[:, batch:]  # (B, B*(1+N))
+
+
+def batch_text_ids(
+    query_ids: Tensor | None, key_ids: Tensor | None, negative_ids: Tensor | None, batch: int, num_negatives: int
+) -> tuple[Tensor, Tensor]:
+    """Text ids of a batch's texts in the order queries, keys, hard negatives (``T = 2B + B·N``): ``ids (T,)`` and
+    ``known (T,)`` bool, False for the texts of a missing id tensor (their ids are placeholders). One of
+    ``query_ids`` and ``key_ids`` must be given."""
+    ref = query_ids if query_ids is not None else key_ids
+    parts = [(query_ids, batch), (key_ids, batch), (negative_ids, batch * num_negatives)]
+    ids = torch.cat([ref.new_zeros(size) if x is None else x.reshape(-1) for x, size in parts])  # (T,)
+    known = torch.cat([torch.full((size,), x is not None, device=ref.device) for x, size in parts])  # (T,)
+    return ids, known
+
+
+def pair_partners(batch: int, num_negatives: int, device: torch.device) -> Tensor:
+    """``(T,)`` index of each text's partner, the other side of its pair, for texts ordered queries, keys, hard
+    negatives (``T = 2B + B·N``); ``-1`` for the hard negatives."""
+    index = torch.arange(2 * batch, device=device)  # (2B,)
+    return torch.cat([(index + batch) % (2 * batch), index.new_full((batch * num_negatives,), -1)])  # (T,)
 
 
 def all_texts_duplicate_mask(ids: Tensor, known: Tensor, partner: Tensor, num_queries: int) -> Tensor:
     """Which texts repeat a positive of each query when every text is a candidate: ``dup (Q, T)`` bool.
 
-    The texts are the ``Q = 2B`` pair sides, then the hard negatives; query ``r`` is text ``r``, whose own positive is
-    its partner (the other side of its pair). Text ``c`` is a duplicate-positive of query ``r`` when its id equals the
-    query's or the partner's, or when ``c``'s own partner has the query's id (the other side of a copy of the query).
-    A text is never its own duplicate, and a text without an id matches nothing.
+    The texts are the ``2B`` pair sides, then the hard negatives (see :func:`batch_text_ids`); query ``r`` is text
+    ``r`` (``Q = 2B`` with ``candidates="all"``, the ``B`` first sides for :func:`duplicate_mask`), whose own positive
+    is its partner (the other side of its pair). Text ``c`` is a duplicate-positive of query ``r`` when its id equals
+    the query's or the partner's, or when ``c``'s own partner has the query's id (the other side of a copy of the
+    query). A text is never its own duplicate, and a text without an id matches nothing.
 
     Args:
         ids: ``(T,)`` text id of every text (any value where ``known`` is False).
@@ -165,15 +175,15 @@ class InBatchNegativesLoss(nn.Module):
         if target is None:
             target = torch.arange(logits.shape[0], device=logits.device)  # (Q,)
         if dup is None:
-            return F.cross_entropy(logits, target, reduction="none")  # (B,)
+            return F.cross_entropy(logits, target, reduction="none")  # (Q,)
         fill = torch.finfo(logits.dtype).min
-        own = F.one_hot(target, logits.shape[1]).bool()  # (B, C)
+        own = F.one_hot(target, logits.shape[1]).bool()  # (Q, C)
         if self.duplicates == "ignore":
-            logits = logits.masked_fill(dup & ~own, fill)  # (B, C) duplicates leave the denominator
-            return F.cross_entropy(logits, target, reduction="none")  # (B,)
-        positives = dup | own  # (B, C)
-        log_num = torch.logsumexp(logits.masked_fill(~positives, fill), dim=1)  # (B,)
-        return torch.logsumexp(logits, dim=1) - log_num  # (B,)
+            logits = logits.masked_fill(dup & ~own, fill)  # (Q, C) duplicates leave the denominator
+            return F.cross_entropy(logits, target, reduction="none")  # (Q,)
+        positives = dup | own  # (Q, C)
+        log_num = torch.logsumexp(logits.masked_fill(~positives, fill), dim=1)  # (Q,)
+        return torch.logsumexp(logits, dim=1) - log_num  # (Q,)
 
     def forward(
         self,
@@ -246,16 +256,13 @@ class InBatchNegativesLoss(nn.Module):
         logits = texts[:queries] @ texts.T / self.temperature  # (2B, T)
         index = torch.arange(queries, device=a.device)  # (2B,)
         logits = logits.masked_fill(F.one_hot(index, num_texts).bool(), torch.finfo(logits.dtype).min)  # self out
-        partner = (index + batch) % queries  # (2B,) the other side of each pair
+        num_neg = (num_texts - queries) // batch
+        partner = pair_partners(batch, num_neg, a.device)  # (T,)
         dup = None
         if anchor_ids is not None or positive_ids is not None:
-            parts = [(anchor_ids, batch), (positive_ids, batch), (negative_ids, num_texts - queries)]
-            missing = partner.new_zeros  # (size,) placeholder ids, on the embeddings' device
-            ids = torch.cat([missing(size) if x is None else x.reshape(-1) for x, size in parts])  # (T,)
-            known = torch.cat([missing(size, dtype=torch.bool) | (x is not None) for x, size in parts])  # (T,)
-            partner_all = torch.cat([partner, partner.new_full((num_texts - queries,), -1)])  # (T,) negatives: none
-            dup = all_texts_duplicate_mask(ids, known, partner_all, queries)  # (2B, T)
-        return self._per_query(logits, dup, partner)  # (2B,)
+            ids, known = batch_text_ids(anchor_ids, positive_ids, negative_ids, batch, num_neg)  # (T,) each
+            dup = all_texts_duplicate_mask(ids, known, partner, queries)  # (2B, T)
+        return self._per_query(logits, dup, partner[:queries])  # (2B,)
 
     def _reduce(self, per_query: Tensor, labels: Tensor | None) -> Tensor:
         """Mean over the queries whose label is ``≥ min_score`` (every query without ``min_score`` or labels)."""
