@@ -152,6 +152,46 @@ def test_checkpoint_reloads_with_the_same_embeddings(tiny_bert_dir, sts_file, tm
     torch.testing.assert_close(reloaded.encode(texts), module.encode(texts))
 
 
+def test_default_optimizer_is_fused_adamw_where_torch_has_the_kernel_and_steps_like_plain_adamw():
+    from lightembed.stages.base import default_optimizer
+
+    torch.manual_seed(0)
+    start = [torch.randn(6, 4), torch.randn(4)]
+    grads = [torch.randn_like(p) for p in start]
+
+    def one_step(make) -> list[torch.Tensor]:
+        params = [p.clone().requires_grad_() for p in start]
+        optimizer = make([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.0}])
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        return [p.detach() for p in params]
+
+    fused = default_optimizer([{"params": [torch.zeros(2, requires_grad=True)]}])
+    assert fused.defaults["fused"] is True
+    plain = lambda groups: torch.optim.AdamW(groups, lr=2e-5, weight_decay=0.01, foreach=False)  # noqa: E731
+    for ours, reference in zip(one_step(default_optimizer), one_step(plain), strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-7, rtol=1e-6)
+    meta = default_optimizer([torch.zeros(2, device="meta", requires_grad=True)])  # no fused kernel there
+    assert not meta.defaults["fused"]
+
+
+@pytest.mark.filterwarnings("ignore:precision='bf16-mixed' on a CPU")
+def test_a_fused_optimizer_is_clipped_under_bf16_mixed(tiny_bert_dir, sts_file, tmp_path):
+    """Lightning refuses to clip for fused optimizers under mixed precision (a GradScaler's gradients are scaled);
+    bf16 has no scaler, so the stage clips them. With SGD at lr 1 the step is the clipped gradient itself."""
+    clip = 1e-3
+    module = _module(
+        tiny_bert_dir, optimizer=lambda params: torch.optim.SGD(params, lr=1.0, fused=True), warmup_ratio=0.0
+    )
+    module.configure_model()
+    start = torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+    trainer = _trainer(tmp_path, max_steps=1, precision="bf16-mixed", gradient_clip_val=clip, limit_val_batches=0)
+    trainer.fit(module, datamodule=_data(tiny_bert_dir, sts_file))
+    step = torch.cat([p.detach().flatten() for p in module.parameters()]) - start
+    assert 0 < step.norm() <= clip * 1.001
+
+
 def test_8bit_adamw_from_bitsandbytes_trains_with_8bit_state_and_follows_adamw(tiny_bert_dir, sts_file, tmp_path):
     """The README's memory option: `--model.init_args.optimizer bitsandbytes.optim.AdamW8bit` (CPU too)."""
     import bitsandbytes as bnb

@@ -52,14 +52,15 @@ def scored_pairs(tmp_path_factory):
     return path
 
 
-def _train_lightembed(folder, path, seed: int) -> ContrastiveModule:
+def _train_lightembed(folder, path, seed: int, length_chunking: float | None = None) -> ContrastiveModule:
     L.seed_everything(seed, verbose=False)
     module = ContrastiveModule(
         model=str(folder),
         loss=CoSENTLoss(),
+        length_chunking=length_chunking,
         pooling="mean",
         max_length=MAX_LEN,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01, fused=True),
         warmup_ratio=WARMUP,
     )
     data = PairDataModule(
@@ -113,12 +114,15 @@ def _train_peer(sentence_transformers, folder, path, seed: int, out):
     return model
 
 
-def test_cosent_trains_like_the_sentence_transformers_trainer(no_dropout_bert_dir, scored_pairs, tmp_path):
+@pytest.mark.parametrize("length_chunking", [None, 0.0], ids=["one-pass-per-field", "length-chunks"])
+def test_cosent_trains_like_the_sentence_transformers_trainer(
+    no_dropout_bert_dir, scored_pairs, tmp_path, length_chunking
+):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     texts = ["a man plays the guitar in the park", "the cat eats food", "a woman runs"]
     start = ContrastiveModule(model=str(no_dropout_bert_dir), pooling="mean", max_length=MAX_LEN).encode(texts)
 
-    ours = _train_lightembed(no_dropout_bert_dir, scored_pairs, seed=0).encode(texts)
+    ours = _train_lightembed(no_dropout_bert_dir, scored_pairs, seed=0, length_chunking=length_chunking).encode(texts)
     peer = torch.as_tensor(
         _train_peer(sentence_transformers, no_dropout_bert_dir, scored_pairs, 0, tmp_path).encode(texts)
     )

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import GradClipAlgorithmType, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from transformers import get_scheduler
@@ -21,6 +23,7 @@ from transformers import get_scheduler
 from lightembed import gradcache
 from lightembed.backbones import load_backbone, load_tokenizer
 from lightembed.data.collators import PairCollator
+from lightembed.length_chunks import embed_by_length
 from lightembed.lora import LoRASettings, apply_lora, load_quantized
 from lightembed.pooling import POOLING_STRATEGIES, pool
 from lightembed.precision import cpu_has_fast_bf16
@@ -32,9 +35,20 @@ FROZEN_BASE_KEY = "lightembed_frozen_base"
 STAGE_CLASS_KEY = "lightembed_stage_class"  # "module:QualName" of the stage, so a generic loader rebuilds it
 
 
+SHARDED = (FSDPStrategy, ModelParallelStrategy)  # strategies whose every forward pass gathers weights across ranks
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "xpu", "mps")  # device types with torch's fused AdamW kernel
+
+
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
-    """AdamW with the usual fine-tuning defaults (lr 2e-5, weight decay 0.01)."""
-    return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01)
+    """AdamW with the usual fine-tuning defaults (lr 2e-5, weight decay 0.01).
+
+    Fused (one kernel over every weight) where torch has that kernel, as transformers' Trainer defaults to: the same
+    update, several times faster (all-MiniLM-L6-v2 on 2 CPU cores: 0.02 s a step instead of 0.1 s).
+    """
+    params = list(params)
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01, fused=fused)
 
 
 class EmbeddingModule(L.LightningModule):
@@ -63,6 +77,7 @@ class EmbeddingModule(L.LightningModule):
     # Contrastive stages set these from their constructor (``micro_batch_size``, ``gather_across_devices``).
     micro_batch_size: int | None = None
     gather_across_devices: bool = False
+    length_chunking: float | None = None  # ContrastiveModule's option: see lightembed.length_chunks
     batch_is_the_negatives = False  # the loss compares rows of a batch: accumulation is not a bigger batch
 
     def __init__(
@@ -156,7 +171,11 @@ class EmbeddingModule(L.LightningModule):
         With ``micro_batch_size`` set this is a GradCache step (:func:`lightembed.gradcache.cached_loss`): the
         embeddings are computed in micro-batches and the gradients of all but the last micro-batch are accumulated
         here, so the trainer's zero-grad for this step is done before them (see :meth:`optimizer_zero_grad`).
+        With ``length_chunking`` set the texts of all fields are embedded in length-sorted chunks
+        (:func:`lightembed.length_chunks.embed_by_length`): the same embeddings with less padding.
         """
+        if self.micro_batch_size is None and self.length_chunking is not None:
+            return loss_fn(embed_by_length(self.embed, fields, self.length_chunking))
         if self.micro_batch_size is None:
             return loss_fn({name: self.embed(features) for name, features in fields.items()})
         grad_scale = 1.0
@@ -177,6 +196,25 @@ class EmbeddingModule(L.LightningModule):
             return
         optimizer.zero_grad()
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip as Lightning does, and also for fused optimizers under bf16-mixed.
+
+        Lightning refuses to clip for an optimizer that unscales gradients inside its step (fused AdamW) under any
+        mixed precision, because a GradScaler's scaled gradients would be clipped. bf16-mixed has no scaler: the
+        gradients are the true ones, so they are clipped like in fp32. fp16 (with its scaler) keeps the refusal.
+        """
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)  # the plain, unscaled clipping
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_fit_start(self) -> None:
         """Check the scaling options against the trainer: accumulation semantics, GradCache sizes and precision."""
         trainer = self.trainer
@@ -193,6 +231,12 @@ class EmbeddingModule(L.LightningModule):
                 "it is not a bigger contrastive batch (each loss still sees only its own batch's negatives). For "
                 "more in-batch negatives use a bigger batch with `micro_batch_size` (GradCache) and/or "
                 "`gather_across_devices`."
+            )
+        if self.length_chunking is not None and trainer.world_size > 1 and isinstance(trainer.strategy, SHARDED):
+            raise ValueError(
+                f"length_chunking with {type(trainer.strategy).__name__} on {trainer.world_size} processes: the number "
+                "of chunks depends on each rank's text lengths, and every forward pass of a sharded model is a "
+                "collective all ranks must make. Use DDP, or leave length_chunking unset."
             )
         if self.micro_batch_size is None:
             return
