@@ -1,26 +1,34 @@
 """STS-B fine-tuning of the packaged all-MiniLM-L6-v2: lightembed (AnglE, CoSENT) vs the sentence-transformers trainer.
 
 Same run, same budget for every entry: 1 epoch of STS-B train, batch 16, max length 128, lr 2e-5, 10% linear warmup,
-AdamW (weight decay 0.01), seed 0, final weights (no checkpoint selection), STS-B test Spearman x100 computed by the
-same evaluator for all. Throughput = training pairs per second of the training loop alone.
+fused AdamW (weight decay 0.01, the peer trainer's default optimizer), seed 0, final weights (no checkpoint selection),
+STS-B test Spearman x100 computed by the same evaluator for all. Throughput = training pairs per second of the
+training loop alone, measured side by side in one invocation.
 
-    python benchmarks/stsb_angle.py [--data-root ../shared/data] [--limit N]
-    python benchmarks/stsb_angle.py --more-seeds 1 2   # peer and lightembed AnglE again with other seeds
-    python benchmarks/stsb_angle.py --more-seeds 1 2 --precision 32-true   # the same, lightembed in fp32
+    python benchmarks/stsb_angle.py [--data-root ../shared/data] [--limit N] [--precision auto]
+    python benchmarks/stsb_angle.py --more-seeds 1 2 --precision 32-true   # peer and lightembed AnglE, other seeds
     python benchmarks/stsb_angle.py --more-seeds 0 1 --runs lightembed_angle_wise --precision 32-true
 
-Writes benchmarks/results/stsb_angle.json. ``--more-seeds`` keeps the other runs there and adds ``seed_runs``:
-``{run: {seed: stsb_test}}`` for the peer and lightembed AnglE (bf16) or the runs named by ``--runs``, so the gap
-between them can be told from the seed noise of a 1-epoch fine-tuning (batch order, dropout); a seed-0 run also
-becomes that entry of ``runs``. ``lightembed_angle_wise`` is AnglE ending with WiSE-FT weights (``WeightInterpolation``,
-alpha chosen on STS-B validation by ``stsb_angle_sweep.py --wise``); ``lightembed_angle_random_batches`` and
-``lightembed_cosent_random_batches`` train without length grouping; ``lightembed_angle_all_texts_random_batches`` too,
-with AnglE's in-batch term over every text of the batch (``ibn_candidates="all"``).
+The main run trains lightembed as configs/model/angle_minilm.yaml does: AnglE with the in-batch term over every text
+(``ibn_candidates="all"``), random batches, and ``length_chunking`` (each batch embedded in length-sorted chunks: the
+same batch with less padding, see ``lightembed.length_chunks``). ``lightembed_angle`` and ``lightembed_cosent`` run in
+bf16-mixed on a CPU with native bf16 and in fp32 elsewhere (``--precision auto``; each entry records its precision);
+``lightembed_angle_fp32`` is the fp32 run (the same run when the main precision is fp32), and
+``lightembed_angle_length_grouped`` swaps chunking for length-grouped batches, the other throughput lever, which
+changes the batches.
+
+Writes benchmarks/results/stsb_angle.json: ``runs`` is the latest main run; earlier side-by-side runs and ``seed_runs``
+in the file are kept. ``--more-seeds`` adds ``seed_runs``: ``{run: {seed: stsb_test}}`` for the peer and the runs
+named by ``--runs`` (fp32 ones with a ``_fp32`` suffix), so the gap between them can be told from the seed noise of a
+1-epoch fine-tuning (dropout, and the batch order the seed draws). Besides the main run's settings, ``RUNS`` keeps
+the settings of earlier entries: ``angle_paper`` (the paper's in-batch term, anchors against positives) with
+length-grouped batches, with WiSE-FT (``_wise``: ``WeightInterpolation``, alpha chosen on STS-B validation by
+``stsb_angle_sweep.py --wise``), and on random batches without chunking (``_random_batches``).
 
 Random batches are paired with the peer's: lightembed's sampler draws the permutation sentence-transformers' trainer
-draws for the same seed, so both see the same batches, and lightembed CoSENT on random batches reproduces the peer's
-score (``tests/stages/test_peer_parity.py`` checks the weights on a tiny model). The difference between
-``lightembed_angle_random_batches`` and the peer at a seed is then the objective's, free of batch-order noise.
+draws for the same seed, so both see the same batches, and lightembed CoSENT reproduces the peer's weights
+(``tests/stages/test_peer_parity.py`` checks it on a tiny model without dropout, with and without chunking). The
+difference between lightembed AnglE and the peer at a seed is then the objective's, free of batch-order noise.
 """
 
 from __future__ import annotations
@@ -101,6 +109,7 @@ def train_lightembed(
     dropout: float | None = None,
     ema_decay: float | None = None,
     wise_alpha: float | None = None,
+    length_chunking: float | None = None,
     callbacks: tuple[L.Callback, ...] = (),
 ) -> tuple[ContrastiveModule, PairDataModule, float]:
     """Train one epoch: the module (final weights; with ``ema_decay`` their exponential moving average, Lightning's
@@ -113,8 +122,9 @@ def train_lightembed(
         pooling="mean",
         max_length=MAX_LEN,
         dropout=dropout,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01, fused=True),
         warmup_ratio=WARMUP,
+        length_chunking=length_chunking,
     )
     data = PairDataModule(
         train=TRAIN,
@@ -174,8 +184,10 @@ def run_peer(data_root: str, limit: int | None, seed: int = SEED, eval_file: str
     from sentence_transformers.sentence_transformer.losses import CoSENTLoss as STCoSENT
 
     train = load_source(TRAIN, columns=("sentence1", "sentence2", "score"), data_root=data_root)
-    if limit:
-        train = train.select(range(min(limit, len(train))))
+    # --limit stops after the first limit // BATCH batches of the full shuffled set, as lightembed's
+    # limit_train_batches does, so both sides train on the same batches (the first rows of the file are short
+    # captions: training on them only would inflate the peer's pairs/s).
+    steps = limit // BATCH if limit else -1
     torch.manual_seed(seed)
     model = SentenceTransformer(str(resolve_packaged(MODEL)), device="cpu")
     model.max_seq_length = MAX_LEN
@@ -183,6 +195,7 @@ def run_peer(data_root: str, limit: int | None, seed: int = SEED, eval_file: str
         args = SentenceTransformerTrainingArguments(
             output_dir=out,
             num_train_epochs=1,
+            max_steps=steps,
             per_device_train_batch_size=BATCH,
             learning_rate=LR,
             warmup_ratio=WARMUP,
@@ -201,16 +214,24 @@ def run_peer(data_root: str, limit: int | None, seed: int = SEED, eval_file: str
         folder = Path(out) / "final"
         model.save(str(folder))
         score = stsb_test(load_encoder(str(folder)), data_root, eval_file)
-    return {"stsb_test": score, "pairs_per_s": round(len(train) / seconds, 2)}
+    pairs = min(steps * BATCH, len(train)) if limit else len(train)
+    return {"stsb_test": score, "pairs_per_s": round(pairs / seconds, 2)}
 
 
 PEER = "peer_st_cosent"  # the sentence-transformers trainer with its CoSENTLoss
-# lightembed runs that --more-seeds can add: name -> (loss factory, length-grouped batches, run_lightembed options)
+# per-chunk cost in tokens of lightembed's length chunking, as configs/model/angle_minilm.yaml (64-400 all give
+# 1.3-1.5x the pairs/s of unchunked random batches on 2 CPU cores; 160 was the fastest)
+CHUNK = {"length_chunking": 160.0}
+# lightembed runs: name -> (loss factory, length-grouped batches, run_lightembed options)
 RUNS = {
-    "lightembed_angle": (angle, True, {}),
-    "lightembed_cosent": (CoSENTLoss, True, {}),
+    # the main run (configs/model/angle_minilm.yaml and cosent_minilm.yaml)
+    "lightembed_angle": (angle_all_texts, False, CHUNK),
+    "lightembed_cosent": (CoSENTLoss, False, CHUNK),
+    "lightembed_angle_length_grouped": (angle_all_texts, True, {}),
+    # earlier entries of the results file
+    "lightembed_angle_paper_grouped": (angle, True, {}),
+    "lightembed_cosent_grouped": (CoSENTLoss, True, {}),
     "lightembed_angle_wise": (angle, True, {"wise_alpha": WISE_ALPHA}),
-    # random batches, the same ones the peer's trainer draws (the others group lengths, a throughput lever)
     "lightembed_angle_random_batches": (angle, False, {}),
     "lightembed_cosent_random_batches": (CoSENTLoss, False, {}),
     "lightembed_angle_all_texts_random_batches": (angle_all_texts, False, {}),
@@ -231,27 +252,27 @@ def more_seeds(
     precision: str = "bf16-mixed",
     names: tuple[str, ...] = (PEER, "lightembed_angle"),
 ) -> None:
-    """Add runs of ``names`` with ``seeds`` to the results file (the other runs there are kept).
+    """Add the STS-B test scores of ``names`` at ``seeds`` to ``seed_runs`` in the results file (all else is kept).
 
     lightembed's fp32 runs (32-true, for CPUs without native bf16) are stored with a ``_fp32`` suffix (fp32 and bf16
-    AnglE score alike: 83.08 vs 83.12 at seed 0); the peer always trains in fp32. A seed-0 run is also stored as that
-    entry of ``runs``, with its pairs/s.
+    AnglE score alike: 83.08 vs 83.12 at seed 0); the peer always trains in fp32. ``runs`` is left alone: its pairs/s
+    compare only within the main run's invocation.
     """
     result = json.loads(RESULTS.read_text())
     seed_runs = result.setdefault("seed_runs", {})
     for seed in seeds:
         for name in names:
-            key = name if precision == "bf16-mixed" or name == PEER else f"{name}_fp32"
-            if key in result["runs"]:  # its seed-0 score, measured by the main run
-                seed_runs.setdefault(key, {}).setdefault(str(SEED), result["runs"][key]["stsb_test"])
             run = run_named(name, RUNS, precision, data_root, seed)
-            seed_runs.setdefault(key, {})[str(seed)] = run["stsb_test"]
-            if seed == SEED:
-                result["runs"][key] = run
-            print(f"{key} seed {seed}: STS-B test {run['stsb_test']:.2f}", flush=True)
+            seed_runs.setdefault(seed_key(name, precision), {})[str(seed)] = run["stsb_test"]
+            print(f"{seed_key(name, precision)} seed {seed}: STS-B test {run['stsb_test']:.2f}", flush=True)
             RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print_seed_table(seed_runs)
     print(f"wrote {RESULTS}")
+
+
+def seed_key(name: str, precision: str) -> str:
+    """The ``seed_runs`` key of a run: lightembed's fp32 runs carry a ``_fp32`` suffix."""
+    return name if precision == "bf16-mixed" or name == PEER or name.endswith("_fp32") else f"{name}_fp32"
 
 
 def print_seed_table(results: dict[str, dict[str, float]], first: str = "run") -> None:
@@ -268,7 +289,7 @@ def print_seed_table(results: dict[str, dict[str, float]], first: str = "run") -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None, help="folder with sts/stsb/*.jsonl (else $LIGHTEMBED_DATA)")
-    parser.add_argument("--limit", type=int, default=None, help="train on the first N pairs only (smoke runs)")
+    parser.add_argument("--limit", type=int, default=None, help="train on the first N pairs' batches only (smoke)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--more-seeds", nargs="+", type=int, default=None, help="only add runs with these seeds")
     parser.add_argument(
@@ -280,9 +301,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--precision",
-        default="bf16-mixed",
-        choices=["bf16-mixed", "32-true"],
-        help="with --more-seeds: lightembed's precision (32-true on CPUs without native bf16)",
+        default="auto",
+        choices=["auto", "bf16-mixed", "32-true"],
+        help="lightembed's precision (auto: bf16-mixed on a CPU with native bf16, else 32-true)",
     )
     ns = parser.parse_args()
     root = resolve_data_root(ns.data_root)
@@ -290,46 +311,58 @@ def main() -> None:
         sys.exit("set --data-root or LIGHTEMBED_DATA to the folder holding sts/stsb/ (e.g. ../shared/data)")
     data_root = str(root)
     torch.set_num_threads(ns.threads)
-    if not cpu_has_fast_bf16():
+    precision = ns.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
+    elif precision == "bf16-mixed" and not cpu_has_fast_bf16():
         print(
             f"warning: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16; the bf16-mixed runs "
             "are emulated and many times slower than fp32, so their pairs/s say nothing of bf16 on a capable CPU",
             file=sys.stderr,
         )
     if ns.more_seeds:
-        more_seeds(data_root, ns.more_seeds, ns.precision, tuple(ns.runs))
+        more_seeds(data_root, ns.more_seeds, precision, tuple(ns.runs))
         return
 
     baseline = stsb_test(load_encoder(MODEL), data_root)
-    runs = {
-        PEER: run_peer(data_root, ns.limit),
-        "lightembed_angle": run_lightembed(angle(), "bf16-mixed", True, data_root, ns.limit),
-        "lightembed_cosent": run_lightembed(CoSENTLoss(), "bf16-mixed", True, data_root, ns.limit),
-        "lightembed_angle_fp32": run_lightembed(angle(), "32-true", True, data_root, ns.limit),
-    }
+    runs = {PEER: {**run_peer(data_root, ns.limit), "precision": "32-true"}}
+    main_runs = ["lightembed_angle", "lightembed_cosent", "lightembed_angle_length_grouped"]
+    if precision != "32-true":
+        main_runs.insert(2, "lightembed_angle_fp32")
+    for name in main_runs:
+        run_precision = "32-true" if name.endswith("_fp32") else precision
+        make_loss, grouped, options = RUNS[name.removesuffix("_fp32")]
+        run = run_lightembed(make_loss(), run_precision, grouped, data_root, ns.limit, **options)
+        runs[name] = {**run, "precision": run_precision}
+        print(f"{name}: {runs[name]}", flush=True)
+    if precision == "32-true":  # no native bf16: the main runs are the fp32 ones
+        runs["lightembed_angle_fp32"] = {**runs["lightembed_angle"], "same_run_as": "lightembed_angle"}
     peer = runs[PEER]
     print(f"\nSTS-B test Spearman x100 before training: {baseline:.2f}")
-    print("| run | stsb_test | pairs/s | vs peer (spearman) | vs peer (speed) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| run | precision | stsb_test | pairs/s | vs peer (spearman) | vs peer (speed) |")
+    print("|---|---|---:|---:|---:|---:|")
     for name, r in runs.items():
         print(
-            f"| {name} | {r['stsb_test']:.2f} | {r['pairs_per_s']:.1f} | {r['stsb_test'] - peer['stsb_test']:+.2f} "
-            f"| {r['pairs_per_s'] / peer['pairs_per_s']:.2f}x |"
+            f"| {name} | {r['precision']} | {r['stsb_test']:.2f} | {r['pairs_per_s']:.1f} "
+            f"| {r['stsb_test'] - peer['stsb_test']:+.2f} | {r['pairs_per_s'] / peer['pairs_per_s']:.2f}x |"
         )
-    result = {
-        "runs": runs,
-        "baseline_stsb_test": baseline,
-        "settings": {
+    if ns.limit is not None:
+        return
+    result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    result.update(
+        runs=runs,
+        baseline_stsb_test=baseline,
+        settings={
             "batch": BATCH,
             "max_length": MAX_LEN,
             "lr": LR,
             "warmup_ratio": WARMUP,
             "seed": SEED,
             "epochs": 1,
-            "limit": ns.limit,
             "threads": ns.threads,
+            **CHUNK,
         },
-        "env": {
+        env={
             "torch": torch.__version__,
             "lightning": L.__version__,
             "python": platform.python_version(),
@@ -337,11 +370,14 @@ def main() -> None:
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": cpu_has_fast_bf16(),
         },
-    }
-    if ns.limit is None:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {RESULTS}")
+    )
+    seed_runs = result.setdefault("seed_runs", {})
+    for name, run in runs.items():
+        if "same_run_as" not in run:
+            seed_runs.setdefault(seed_key(name, run["precision"]), {})[str(SEED)] = run["stsb_test"]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":
