@@ -238,12 +238,20 @@ RUNS = {
 }
 
 
-def run_named(name: str, runs: dict, precision: str, data_root: str, seed: int, eval_file: str = TEST) -> dict:
+def run_named(
+    name: str,
+    runs: dict,
+    precision: str,
+    data_root: str,
+    seed: int = SEED,
+    eval_file: str = TEST,
+    limit: int | None = None,
+) -> dict:
     """Run ``PEER`` or the lightembed setting ``runs[name]`` = (loss factory, length grouping, options)."""
     if name == PEER:
-        return run_peer(data_root, None, seed=seed, eval_file=eval_file)
+        return run_peer(data_root, limit, seed=seed, eval_file=eval_file)
     make_loss, grouped, options = runs[name]
-    return run_lightembed(make_loss(), precision, grouped, data_root, None, seed=seed, eval_file=eval_file, **options)
+    return run_lightembed(make_loss(), precision, grouped, data_root, limit, seed=seed, eval_file=eval_file, **options)
 
 
 def more_seeds(
@@ -325,14 +333,13 @@ def main() -> None:
         return
 
     baseline = stsb_test(load_encoder(MODEL), data_root)
-    runs = {PEER: {**run_peer(data_root, ns.limit), "precision": "32-true"}}
-    main_runs = ["lightembed_angle", "lightembed_cosent", "lightembed_angle_length_grouped"]
+    main_runs = [PEER, "lightembed_angle", "lightembed_cosent", "lightembed_angle_length_grouped"]
     if precision != "32-true":
-        main_runs.insert(2, "lightembed_angle_fp32")
+        main_runs.insert(3, "lightembed_angle_fp32")
+    runs = {}
     for name in main_runs:
-        run_precision = "32-true" if name.endswith("_fp32") else precision
-        make_loss, grouped, options = RUNS[name.removesuffix("_fp32")]
-        run = run_lightembed(make_loss(), run_precision, grouped, data_root, ns.limit, **options)
+        run_precision = "32-true" if name == PEER or name.endswith("_fp32") else precision  # the peer trains in fp32
+        run = run_named(name.removesuffix("_fp32"), RUNS, run_precision, data_root, limit=ns.limit)
         runs[name] = {**run, "precision": run_precision}
         print(f"{name}: {runs[name]}", flush=True)
     if precision == "32-true":  # no native bf16: the main runs are the fp32 ones

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import get_device_states, set_device_states
 
+from lightembed.length_chunks import cut_rows
+
 Features = Mapping[str, Tensor]
 
 
@@ -56,14 +58,8 @@ def split_features(features: Features, micro_batch_size: int) -> list[dict[str, 
     """
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    mask = features["attention_mask"]  # (B, L)
-    chunks = []
-    for start in range(0, mask.shape[0], micro_batch_size):
-        rows = slice(start, start + micro_batch_size)
-        used = mask[rows].any(dim=0).nonzero()  # (L', 1) columns holding a real token
-        length = int(used.max()) + 1 if used.numel() else mask.shape[1]
-        chunks.append({k: v[rows, :length] if v.dim() == 2 else v[rows] for k, v in features.items()})  # (m, L')
-    return chunks
+    batch = features["attention_mask"].shape[0]
+    return [cut_rows(features, slice(start, start + micro_batch_size)) for start in range(0, batch, micro_batch_size)]
 
 
 def cached_loss(

@@ -63,6 +63,14 @@ def plan_chunks(lengths: Sequence[int], overhead: float) -> list[int]:
     return sizes[::-1]
 
 
+def cut_rows(features: Features, rows: Tensor | slice) -> dict[str, Tensor]:
+    """``rows`` of tokenised features ``{name: (B, L)}``, without the trailing columns that are padding in all of them
+    (right padding: the positions of real tokens do not change). Features that are not ``(B, L)`` keep their rows."""
+    used = features["attention_mask"][rows].any(dim=0).nonzero()  # (L', 1) columns holding a real token
+    length = int(used.max()) + 1 if used.numel() else features["attention_mask"].shape[1]
+    return {k: v[rows, :length] if v.dim() == 2 else v[rows] for k, v in features.items()}  # (rows, L')
+
+
 def right_padded(attention_mask: Tensor) -> bool:
     """True when every row's real tokens come first (``(B, L)`` mask non-increasing along each row)."""
     return bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
@@ -102,10 +110,7 @@ def embed_by_length(
     lengths = joined["attention_mask"].sum(dim=1)  # (N,)
     order = torch.argsort(lengths, descending=True, stable=True)  # (N,) longest first
     sizes = plan_chunks(lengths[order].tolist(), overhead)
-    pieces = []
-    for rows in order.split(sizes):
-        longest = max(int(lengths[rows[0]]), 1)
-        pieces.append(embed({key: values[rows, :longest] for key, values in joined.items()}))  # (rows, H)
+    pieces = [embed(cut_rows(joined, rows)) for rows in order.split(sizes)]  # (rows, H) each
     embeddings = torch.cat(pieces)[torch.argsort(order)]  # (N, H) back in the input order
     counts = [fields[name]["attention_mask"].shape[0] for name in names]
     return dict(zip(names, embeddings.split(counts), strict=True))

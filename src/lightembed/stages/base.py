@@ -174,9 +174,9 @@ class EmbeddingModule(L.LightningModule):
         With ``length_chunking`` set the texts of all fields are embedded in length-sorted chunks
         (:func:`lightembed.length_chunks.embed_by_length`): the same embeddings with less padding.
         """
-        if self.micro_batch_size is None and self.length_chunking is not None:
-            return loss_fn(embed_by_length(self.embed, fields, self.length_chunking))
         if self.micro_batch_size is None:
+            if self.length_chunking is not None:
+                return loss_fn(embed_by_length(self.embed, fields, self.length_chunking))
             return loss_fn({name: self.embed(features) for name, features in fields.items()})
         grad_scale = 1.0
         if self._trainer is not None and self.trainer.training:
