@@ -32,14 +32,19 @@ def ranking_loss(scores: Tensor, labels: Tensor, temperature: float) -> Tensor:
 
 
 class CoSENTLoss(nn.Module):
-    """CoSENT (Su 2022, https://kexue.fm/archives/8847), the "cosine objective" of AnglE (Li & Li 2023, 2309.12871).
+    """CoSENT ("CoSENT (1): a more effective sentence vector scheme than Sentence-BERT", Jianlin Su, 2022, blog post
+    https://kexue.fm/archives/8847), the cosine objective of AnglE ("AnglE-optimized Text Embeddings", Xianming Li
+    and Jing Li, 2023, arXiv 2309.12871).
 
     With ``s_i = cos(anchor_i, positive_i)`` and gold scores ``y_i``::
 
         loss = log(1 + Σ_{(i,j): y_i > y_j} exp((s_j − s_i) / τ))
 
-    Only the order of the labels matters, so any score scale (0-5 STS, 0/1 pairs) works. Triplets without labels are
-    turned into pairs ``(anchor, positive) = 1``, ``(anchor, negative) = 0``.
+    Only the order of the labels matters, so any score scale (0-5 STS, 0/1 pairs) works.
+
+    Inputs: ``anchor (B, H)`` and ``positive (B, H)``, and either ``labels (B,)`` (scored pairs) or
+    ``negative (B, H) | (B, N, H)`` (triplets, turned into pairs ``(anchor, positive) = 1``,
+    ``(anchor, negative) = 0``).
 
     Args:
         temperature: τ > 0; the pair differences are scaled by ``1/τ`` (the reference code's scale 20 is τ = 0.05).

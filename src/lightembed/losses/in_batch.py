@@ -106,7 +106,9 @@ def all_texts_duplicate_mask(ids: Tensor, known: Tensor, partner: Tensor, num_qu
 
 
 class InBatchNegativesLoss(nn.Module):
-    """InfoNCE with in-batch negatives (van den Oord et al. 2018; Henderson et al. 2017 "MultipleNegativesRanking").
+    """InfoNCE with in-batch negatives ("Representation Learning with Contrastive Predictive Coding", Aaron van den
+    Oord, Yazhe Li and Oriol Vinyals, 2018; the MultipleNegativesRanking loss of "Efficient Natural Language Response
+    Suggestion for Smart Reply", Matthew Henderson et al., 2017).
 
     For anchor ``i`` the candidates are the ``B`` positives of the batch and the ``B·N`` hard negatives; with
     ``l_ic = cos(anchor_i, candidate_c) / τ`` (shape ``(B, B*(1+N))``)::
@@ -114,12 +116,12 @@ class InBatchNegativesLoss(nn.Module):
         loss_i = −log( Σ_{c ∈ P(i)} exp(l_ic) / Σ_{c ∈ C(i)} exp(l_ic) )
 
     Without duplicate information ``P(i) = {positive_i}`` and ``C(i)`` is every candidate (plain cross-entropy).
-    Duplicate awareness (AnglE, Li & Li 2023, arXiv 2309.12871): a batch drawn from many pairs can hold the same text
-    twice, and then a "negative" is really a positive. Given integer text ids (equal id = identical normalised text),
-    candidate ``c`` is a duplicate-positive of anchor ``i`` when its text equals ``positive_i`` or ``anchor_i``, or when
-    it is the positive of a row ``j`` whose anchor text equals ``anchor_i``. ``duplicates="positive"`` puts those
-    candidates in ``P(i)`` (multi-positive InfoNCE); ``duplicates="ignore"`` removes them from ``C(i)``, keeping
-    ``positive_i`` as the single target.
+    Duplicate awareness ("AnglE-optimized Text Embeddings", Xianming Li and Jing Li, 2023): a batch drawn from many
+    pairs can hold the same text twice, and then a "negative" is really a positive. Given integer text ids (equal id =
+    identical normalised text), candidate ``c`` is a duplicate-positive of anchor ``i`` when its text equals
+    ``positive_i`` or ``anchor_i``, or when it is the positive of a row ``j`` whose anchor text equals ``anchor_i``.
+    ``duplicates="positive"`` puts those candidates in ``P(i)`` (multi-positive InfoNCE); ``duplicates="ignore"``
+    removes them from ``C(i)``, keeping ``positive_i`` as the single target.
 
     ``symmetric=True`` averages with the positive->anchor direction (query ``positive_i``, candidates the ``B``
     anchors, duplicates found with the roles of the ids swapped).

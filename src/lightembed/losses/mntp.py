@@ -26,7 +26,9 @@ def shifted_masked_positions(hidden: Tensor, labels: Tensor) -> tuple[Tensor, Te
 
 
 class MNTPLoss(nn.Module):
-    """Cross-entropy of masked next-token prediction (LLM2Vec, BehnamGhader et al. 2024, arXiv 2404.05961).
+    """Cross-entropy of masked next-token prediction ("LLM2Vec: Large Language Models Are Secretly Powerful Text
+    Encoders", Parishad BehnamGhader, Vaibhav Adlakha, Marius Mosbach, Dzmitry Bahdanau, Nicolas Chapados and Siva
+    Reddy, 2024, arXiv 2404.05961).
 
     A decoder made bidirectional sees the whole masked sequence; as in its causal pre-training, the token at position
     ``i`` is read from the logits at ``i - 1``::
@@ -40,6 +42,16 @@ class MNTPLoss(nn.Module):
     """
 
     def forward(self, hidden: Tensor, labels: Tensor, output_weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Compute the loss and the masked-token accuracy.
+
+        Args:
+            hidden: ``(B, L, H)`` final hidden states of the bidirectional decoder.
+            labels: ``(B, L)`` original token ids at masked positions, ``-100`` elsewhere.
+            output_weight: ``(V, H)`` the output (LM head) embedding matrix.
+
+        Returns:
+            ``(loss, accuracy)``, two scalar tensors; both 0 (the loss still with a grad_fn) without masked tokens.
+        """
         if hidden.shape[:2] != labels.shape:
             raise ValueError(f"hidden (B, L, H) {tuple(hidden.shape)} and labels (B, L) {tuple(labels.shape)} differ")
         states, targets = shifted_masked_positions(hidden, labels)  # (M, H), (M,)

@@ -1,4 +1,4 @@
-"""AnglE: the weighted sum of the cosine (CoSENT), in-batch negatives and angle objectives."""
+"""AnglE's training objective: the weighted sum of the cosine (CoSENT), in-batch negatives and angle terms."""
 
 from __future__ import annotations
 
@@ -7,23 +7,30 @@ from typing import Literal
 from torch import Tensor, nn
 
 from lightembed.losses._common import check_positive
-from lightembed.losses.angle import AngleLoss
+from lightembed.losses.angle_difference import AngleDifferenceLoss
 from lightembed.losses.cosent import CoSENTLoss
 from lightembed.losses.in_batch import InBatchNegativesLoss
 
 
-class AnglELoss(nn.Module):
-    """AnglE's training objective (Li & Li 2023, "AnglE-optimized text embeddings", arXiv 2309.12871)::
+class AnglEObjectiveLoss(nn.Module):
+    """AnglE's training objective ("AnglE-optimized Text Embeddings", Xianming Li and Jing Li, 2023, arXiv
+    2309.12871)::
 
         loss = w_cos · L_cos + w_ibn · L_ibn + w_angle · L_angle
 
     - ``L_cos``: :class:`CoSENTLoss` with ``τ_cos`` — ``log(1 + Σ_{y_i > y_j} exp((cos_j − cos_i) / τ_cos))``;
     - ``L_ibn``: :class:`InBatchNegativesLoss` with ``τ_ibn``, duplicate-aware through the text ids;
-    - ``L_angle``: :class:`AngleLoss` with ``τ_angle`` — the same ranking form on the complex angle score.
+    - ``L_angle``: :class:`AngleDifferenceLoss` with ``τ_angle`` — the same ranking form on the complex angle score.
 
     The defaults follow the paper (``τ_cos = τ_ibn = 0.05``, ``τ_angle = 1.0``, all weights 1). A weight of 0 skips its
     term entirely, including what that term requires: the cosine and angle terms need labels or hard negatives, the
     in-batch term needs neither.
+
+    Inputs: ``anchor (B, H)``, ``positive (B, H)`` (``H`` even when the angle term is on), optional hard negatives
+    ``negative (B, H) | (B, N, H)``, optional pair scores ``labels (B,)`` and optional integer text ids
+    ``anchor_ids (B,)``, ``positive_ids (B,)``, ``negative_ids (B, N)`` for the in-batch term's duplicate handling.
+
+    sentence-transformers' ``AnglELoss`` is the angle term alone (:class:`AngleDifferenceLoss` here).
 
     Args:
         cosine_weight: ``w_cos ≥ 0``.
@@ -80,7 +87,7 @@ class AnglELoss(nn.Module):
             if ibn_weight > 0
             else None
         )
-        self.angle = AngleLoss(temperature=angle_temperature) if angle_weight > 0 else None
+        self.angle = AngleDifferenceLoss(temperature=angle_temperature) if angle_weight > 0 else None
 
     def forward(
         self,

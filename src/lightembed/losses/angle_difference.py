@@ -1,4 +1,8 @@
-"""AnglE's angle objective: rank pairs by their angle difference in complex space."""
+"""AnglE's angle objective: rank scored pairs by their angle difference in complex space.
+
+sentence-transformers calls this term ``AnglELoss``. AnglE's whole training objective, the weighted sum of the cosine,
+in-batch and angle terms, is :class:`~lightembed.losses.angle_objective.AnglEObjectiveLoss`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from lightembed.losses.cosent import ranking_loss
 
 
 def angle_scores(left: Tensor, right: Tensor) -> Tensor:
-    """Angle score ``t = |Re z + Im z|`` of each pair (AnglE, Li & Li 2023, arXiv 2309.12871).
+    """Angle score ``t = |Re z + Im z|`` of each pair ("AnglE-optimized Text Embeddings", Li & Li, 2023).
 
     Each embedding is read as a complex vector, first half real, second half imaginary: ``u = a + i b`` (left),
     ``v = c + i d`` (right). With ``‖u‖ = sqrt(Σ_k a_k² + b_k²)``::
@@ -41,15 +45,19 @@ def angle_scores(left: Tensor, right: Tensor) -> Tensor:
     return (real + imag).abs()  # (M,)
 
 
-class AngleLoss(nn.Module):
-    """The angle objective of AnglE (Li & Li 2023, "AnglE-optimized text embeddings", arXiv 2309.12871).
+class AngleDifferenceLoss(nn.Module):
+    """The angle objective of AnglE ("AnglE-optimized Text Embeddings", Xianming Li and Jing Li, 2023, arXiv
+    2309.12871); sentence-transformers' ``AnglELoss``.
 
     Cosine similarity saturates near ±1, where its gradient vanishes; AnglE instead ranks pairs by the angle
-    difference in complex space, ``t_i = |Re z_i + Im z_i|`` (see :func:`angle_scores`), with the CoSENT ranking form::
+    difference in complex space, ``t_i = |Re z_i + Im z_i|`` (see :func:`angle_scores`), with the CoSENT ranking form
+    (:func:`~lightembed.losses.cosent.ranking_loss`, the same function with another pair score)::
 
         loss = log(1 + Σ_{(i,j): y_i > y_j} exp((t_j − t_i) / τ))
 
-    Triplets without labels are turned into pairs ``(anchor, positive) = 1``, ``(anchor, negative) = 0``.
+    Inputs: ``anchor (B, H)`` and ``positive (B, H)`` with ``H`` even (first half real, second half imaginary), and
+    either ``labels (B,)`` (scored pairs) or ``negative (B, H) | (B, N, H)`` (triplets, turned into pairs
+    ``(anchor, positive) = 1``, ``(anchor, negative) = 0``).
 
     Args:
         temperature: τ > 0; the score differences are scaled by ``1/τ``.

@@ -1,4 +1,4 @@
-"""AngleLoss and angle_scores against torch.complex and a naive double loop."""
+"""AngleDifferenceLoss and angle_scores against torch.complex and a naive double loop."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightembed.losses import AngleLoss
-from lightembed.losses.angle import angle_scores
+from lightembed.losses import AngleDifferenceLoss
+from lightembed.losses.angle_difference import angle_scores
 
 
 def complex_score(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -54,7 +54,7 @@ def test_matches_naive_loop_with_labels(tau):
     torch.manual_seed(2)
     anchor, positive = torch.randn(6, 8), torch.randn(6, 8)
     labels = torch.tensor([3.0, 1.0, 1.0, 0.0, 5.0, 2.0])
-    got = AngleLoss(temperature=tau)(anchor, positive, labels=labels)
+    got = AngleDifferenceLoss(temperature=tau)(anchor, positive, labels=labels)
     assert got.dim() == 0
     assert got.item() == pytest.approx(naive_angle_loss(anchor, positive, labels.tolist(), tau), rel=1e-5)
 
@@ -68,30 +68,30 @@ def test_triplets_become_scored_pairs():
             lefts.append(anchor[b])
             rights.append(negative[b, n])
             labels.append(0)
-    got = AngleLoss()(anchor, positive, negative)
+    got = AngleDifferenceLoss()(anchor, positive, negative)
     assert got.item() == pytest.approx(naive_angle_loss(lefts, rights, labels, 1.0), rel=1e-5)
     # (B, H) negatives are N = 1
-    got_one = AngleLoss()(anchor, positive, negative[:, 0])
-    assert got_one.item() == pytest.approx(AngleLoss()(anchor, positive, negative[:, :1]).item())
+    got_one = AngleDifferenceLoss()(anchor, positive, negative[:, 0])
+    assert got_one.item() == pytest.approx(AngleDifferenceLoss()(anchor, positive, negative[:, :1]).item())
 
 
 def test_grad_finite_when_anchor_equals_positive():
     torch.manual_seed(4)
     anchor = torch.randn(5, 8, requires_grad=True)
     positive = (anchor.detach() + 1e-6 * torch.randn(5, 8)).requires_grad_()
-    AngleLoss()(anchor, positive, labels=torch.arange(5.0)).backward()
+    AngleDifferenceLoss()(anchor, positive, labels=torch.arange(5.0)).backward()
     assert torch.isfinite(anchor.grad).all()
     assert torch.isfinite(positive.grad).all()
     anchor.grad = None
-    AngleLoss()(anchor, positive, torch.randn(5, 8)).backward()
+    AngleDifferenceLoss()(anchor, positive, torch.randn(5, 8)).backward()
     assert torch.isfinite(anchor.grad).all()
 
 
 def test_errors():
     with pytest.raises(ValueError, match="even"):
-        AngleLoss()(torch.randn(3, 5), torch.randn(3, 5), labels=torch.ones(3))
+        AngleDifferenceLoss()(torch.randn(3, 5), torch.randn(3, 5), labels=torch.ones(3))
     with pytest.raises(ValueError, match="labels"):
-        AngleLoss()(torch.randn(3, 4), torch.randn(3, 4))
+        AngleDifferenceLoss()(torch.randn(3, 4), torch.randn(3, 4))
     for tau in (0.0, -1.0):
         with pytest.raises(ValueError, match="temperature"):
-            AngleLoss(temperature=tau)
+            AngleDifferenceLoss(temperature=tau)

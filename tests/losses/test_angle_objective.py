@@ -1,4 +1,4 @@
-"""AnglELoss: the weighted sum of its three terms, checked against naive loops."""
+"""AnglEObjectiveLoss: the weighted sum of its three terms, checked against naive loops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightembed.losses import AnglELoss, AngleLoss, CoSENTLoss, InBatchNegativesLoss
+from lightembed.losses import AngleDifferenceLoss, AnglEObjectiveLoss, CoSENTLoss, InBatchNegativesLoss
 
 
 def naive_cos(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -46,7 +46,7 @@ def test_matches_naive_weighted_sum_with_labels():
     torch.manual_seed(0)
     anchor, positive = torch.randn(6, 8), torch.randn(6, 8)
     labels = [0.0, 3.0, 1.0, 5.0, 2.0, 4.0]
-    loss = AnglELoss(cosine_weight=1.0, ibn_weight=0.5, angle_weight=2.0)
+    loss = AnglEObjectiveLoss(cosine_weight=1.0, ibn_weight=0.5, angle_weight=2.0)
     got = loss(anchor, positive, labels=torch.tensor(labels))
     cos = naive_rank([naive_cos(a, p) for a, p in zip(anchor, positive, strict=True)], labels, 0.05)
     ibn = naive_info_nce(anchor, positive, 0.05)
@@ -58,21 +58,21 @@ def test_triplets_and_ids_are_forwarded():
     torch.manual_seed(1)
     anchor, positive, negative = torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8)
     ids = {"anchor_ids": torch.tensor([0, 1, 0, 2]), "positive_ids": torch.tensor([5, 6, 7, 5])}
-    got = AnglELoss(duplicates="ignore", cosine_temperature=0.1, ibn_temperature=0.2, angle_temperature=0.5)(
+    got = AnglEObjectiveLoss(duplicates="ignore", cosine_temperature=0.1, ibn_temperature=0.2, angle_temperature=0.5)(
         anchor, positive, negative, **ids
     )
     expected = (
         CoSENTLoss(0.1)(anchor, positive, negative)
         + InBatchNegativesLoss(0.2, duplicates="ignore")(anchor, positive, negative, **ids)
-        + AngleLoss(0.5)(anchor, positive, negative)
+        + AngleDifferenceLoss(0.5)(anchor, positive, negative)
     )
     torch.testing.assert_close(got, expected)
     assert (
         abs(
             got.item()
-            - AnglELoss(duplicates="ignore", cosine_temperature=0.1, ibn_temperature=0.2, angle_temperature=0.5)(
-                anchor, positive, negative
-            ).item()
+            - AnglEObjectiveLoss(
+                duplicates="ignore", cosine_temperature=0.1, ibn_temperature=0.2, angle_temperature=0.5
+            )(anchor, positive, negative).item()
         )
         > 1e-4
     )
@@ -82,13 +82,13 @@ def test_zero_weight_skips_term_and_its_label_requirement():
     torch.manual_seed(2)
     anchor, positive = torch.randn(5, 8), torch.randn(5, 8)
     with pytest.raises(ValueError, match="labels"):
-        AnglELoss()(anchor, positive)
-    got = AnglELoss(cosine_weight=0.0, angle_weight=0.0)(anchor, positive)
+        AnglEObjectiveLoss()(anchor, positive)
+    got = AnglEObjectiveLoss(cosine_weight=0.0, angle_weight=0.0)(anchor, positive)
     assert got.item() == pytest.approx(naive_info_nce(anchor, positive, 0.05), rel=1e-5)
-    loss = AnglELoss(ibn_weight=0.0)
+    loss = AnglEObjectiveLoss(ibn_weight=0.0)
     assert loss.in_batch is None
     labels = torch.arange(5.0)
-    expected = CoSENTLoss()(anchor, positive, labels=labels) + AngleLoss()(anchor, positive, labels=labels)
+    expected = CoSENTLoss()(anchor, positive, labels=labels) + AngleDifferenceLoss()(anchor, positive, labels=labels)
     torch.testing.assert_close(loss(anchor, positive, labels=labels), expected)
 
 
@@ -96,7 +96,7 @@ def test_ibn_min_score_is_forwarded():
     torch.manual_seed(3)
     anchor, positive = torch.randn(6, 8), torch.randn(6, 8)
     labels = torch.tensor([5.0, 1.0, 4.0, 0.5, 3.0, 2.0])
-    got = AnglELoss(cosine_weight=0.0, angle_weight=0.0, ibn_min_score=3.0)(anchor, positive, labels=labels)
+    got = AnglEObjectiveLoss(cosine_weight=0.0, angle_weight=0.0, ibn_min_score=3.0)(anchor, positive, labels=labels)
     torch.testing.assert_close(got, InBatchNegativesLoss(min_score=3.0)(anchor, positive, labels=labels))
 
 
@@ -104,15 +104,15 @@ def test_ibn_candidates_all_is_forwarded():
     torch.manual_seed(6)
     anchor, positive = torch.randn(6, 8), torch.randn(6, 8)
     ids = {"anchor_ids": torch.tensor([0, 1, 0, 2, 3, 4]), "positive_ids": torch.tensor([5, 6, 7, 5, 1, 8])}
-    got = AnglELoss(cosine_weight=0.0, angle_weight=0.0, ibn_candidates="all")(anchor, positive, **ids)
+    got = AnglEObjectiveLoss(cosine_weight=0.0, angle_weight=0.0, ibn_candidates="all")(anchor, positive, **ids)
     torch.testing.assert_close(got, InBatchNegativesLoss(candidates="all")(anchor, positive, **ids))
-    assert AnglELoss().in_batch.candidates == "positives"
+    assert AnglEObjectiveLoss().in_batch.candidates == "positives"
 
 
 def test_ibn_symmetric_averages_both_directions():
     torch.manual_seed(5)
     anchor, positive = torch.randn(5, 8), torch.randn(5, 8)
-    got = AnglELoss(cosine_weight=0.0, angle_weight=0.0, ibn_symmetric=True)(anchor, positive)
+    got = AnglEObjectiveLoss(cosine_weight=0.0, angle_weight=0.0, ibn_symmetric=True)(anchor, positive)
     forward, backward = naive_info_nce(anchor, positive, 0.05), naive_info_nce(positive, anchor, 0.05)
     assert got.item() == pytest.approx((forward + backward) / 2, rel=1e-5)
     assert abs(forward - backward) > 1e-3  # the two directions differ, so the test tells them apart
@@ -122,13 +122,13 @@ def test_grad_finite_when_anchor_equals_positive():
     torch.manual_seed(4)
     anchor = torch.randn(5, 8, requires_grad=True)
     positive = (anchor.detach() + 1e-6 * torch.randn(5, 8)).requires_grad_()
-    AnglELoss()(anchor, positive, labels=torch.arange(5.0)).backward()
+    AnglEObjectiveLoss()(anchor, positive, labels=torch.arange(5.0)).backward()
     assert torch.isfinite(anchor.grad).all()
     assert torch.isfinite(positive.grad).all()
 
 
 def test_defaults_follow_the_paper():
-    loss = AnglELoss()
+    loss = AnglEObjectiveLoss()
     assert loss.cosine.temperature == 0.05
     assert loss.in_batch.temperature == 0.05
     assert loss.angle.temperature == 1.0
@@ -136,16 +136,16 @@ def test_defaults_follow_the_paper():
 
 def test_constructor_errors():
     with pytest.raises(ValueError, match="cosine_weight"):
-        AnglELoss(cosine_weight=-1.0)
+        AnglEObjectiveLoss(cosine_weight=-1.0)
     with pytest.raises(ValueError, match="angle_weight"):
-        AnglELoss(angle_weight=-0.1)
+        AnglEObjectiveLoss(angle_weight=-0.1)
     with pytest.raises(ValueError, match="all are 0"):
-        AnglELoss(cosine_weight=0.0, ibn_weight=0.0, angle_weight=0.0)
+        AnglEObjectiveLoss(cosine_weight=0.0, ibn_weight=0.0, angle_weight=0.0)
     with pytest.raises(ValueError, match="ibn_temperature"):
-        AnglELoss(ibn_temperature=0.0)
+        AnglEObjectiveLoss(ibn_temperature=0.0)
     with pytest.raises(ValueError, match="angle_temperature"):
-        AnglELoss(angle_temperature=-1.0)
+        AnglEObjectiveLoss(angle_temperature=-1.0)
     with pytest.raises(ValueError, match="cosine_temperature"):
-        AnglELoss(cosine_temperature=0.0)
+        AnglEObjectiveLoss(cosine_temperature=0.0)
     with pytest.raises(ValueError, match="duplicates"):
-        AnglELoss(duplicates="drop")
+        AnglEObjectiveLoss(duplicates="drop")
