@@ -55,10 +55,6 @@ def load_decoder(model: str | EmbeddingModule | PreTrainedModel, tokenizer: Any 
     return backbone.eval(), tokenizer
 
 
-def _is_causal(model: PreTrainedModel) -> bool:
-    return bool(getattr(model.config, "is_causal", True) is not False)
-
-
 @contextlib.contextmanager
 def attention(model: PreTrainedModel, bidirectional: bool) -> Iterator[None]:
     """Run a block with causal or bidirectional attention; every sub-config's ``is_causal`` is restored after."""
