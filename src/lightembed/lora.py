@@ -1,6 +1,10 @@
 """LoRA adapters on embedding backbones: apply, save, merge, and QLoRA (4-bit base) loading.
 
-The life of an adapter in a multi-stage recipe (LLM2Vec: MNTP -> SimCSE -> supervised contrastive):
+LoRA: "LoRA: Low-Rank Adaptation of Large Language Models", Edward J. Hu et al., 2021. QLoRA: "QLoRA: Efficient
+Finetuning of Quantized LLMs", Tim Dettmers, Artidoro Pagnoni, Ari Holtzman and Luke Zettlemoyer, 2023.
+
+The life of an adapter in a multi-stage recipe (LLM2Vec, "LLM2Vec: Large Language Models Are Secretly Powerful Text
+Encoders", BehnamGhader et al., 2024: MNTP -> SimCSE -> supervised contrastive):
 
 1. :func:`apply_lora` wraps a backbone in a fresh adapter (``B = 0``, so outputs are unchanged at init) or loads a
    saved one as trainable (``LoRASettings.init_from``).
@@ -34,7 +38,6 @@ from lightembed.backbones import DTYPES, family_of, load_backbone, resolve_model
 
 log = logging.getLogger(__name__)
 
-ADAPTER_NAME = "default"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 COMPUTE_DTYPES: dict[str, torch.dtype] = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -50,8 +53,9 @@ class LoRASettings:
         target_modules: leaf names of the linear layers to adapt (``["q_proj", "v_proj"]``); ``None`` adapts every
             linear layer inside the transformer blocks (attention and MLP projections of any family: ``q_proj ...
             down_proj`` for Llama/Mistral/Qwen2, ``query key value dense`` for BERT), never embeddings or a head.
-        init_from: a saved adapter folder (``<handoff>/adapter``) to start from instead of a fresh adapter; its own
-            ``r``, ``alpha``, ``dropout`` and targets are used (LLM2Vec's supervised step starts from SimCSE's).
+        init_from: a saved adapter folder (``<export>/adapter``, written by the export callback) to start from
+            instead of a fresh adapter; its own ``r``, ``alpha``, ``dropout`` and targets are used (LLM2Vec's
+            supervised step starts from SimCSE's).
     """
 
     r: int = 16
@@ -276,16 +280,15 @@ def merge_into_base(
 def disable_cpu_weight_repacking(model: nn.Module) -> int:
     """Stop bitsandbytes from repacking 4-bit weights for CPU inference, which silently breaks training afterwards.
 
-    On a CPU with AVX512-BF16, ``bnb.nn.Linear4bit.forward`` (bitsandbytes 0.50) converts its weight in place to a
-    CPU-only packed layout the first time it runs in eval mode on an input that needs no gradient (a validation
-    pass). From then on every forward, training included, goes through ``gemv_4bit``, which has no autograd
-    kernel: gradients stop at each frozen 4-bit layer (torch only warns) and outputs shift, so LoRA gradients are
-    wrong (0.7% to 117% relative error per adapter matrix on a 2-layer Llama). Setting
-    ``support_avx512bf16_for_cpu = False`` on every ``Linear4bit`` turns the conversion off. Layers already packed
-    are converted back, but packing rounded their block scales to bf16 (~0.2% weight error, logged as a warning),
-    so call it right after loading a 4-bit model, before any forward pass (:func:`load_quantized` does). On
-    hidden sizes below the 64-wide quantisation block the packing crashes instead. GPU runs are unaffected either
-    way. Returns the number of ``Linear4bit`` layers set.
+    On a CPU with AVX512-BF16, ``bnb.nn.Linear4bit.forward`` (seen with bitsandbytes 0.50) converts its weight in
+    place to a CPU-only packed layout the first time it runs in eval mode on an input that needs no gradient (a
+    validation pass). From then on every forward, training included, goes through ``gemv_4bit``, which has no
+    autograd kernel: gradients stop at each frozen 4-bit layer (torch only warns) and outputs shift, so LoRA
+    gradients are wrong. Setting ``support_avx512bf16_for_cpu = False`` on every ``Linear4bit`` turns the conversion
+    off. Layers already packed are converted back, but packing rounded their block scales to bf16 (a lasting weight
+    error, logged as a warning), so call it right after loading a 4-bit model, before any forward pass
+    (:func:`load_quantized` does). On hidden sizes below the 64-wide quantisation block the packing crashes instead.
+    GPU runs are unaffected either way. Returns the number of ``Linear4bit`` layers set.
     """
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
@@ -331,8 +334,8 @@ def load_quantized(
     Args:
         name_or_path: Hub id, local folder, or ``packaged:<name>``.
         compute_dtype: dtype of the 4-bit matmuls. ``bfloat16`` is QLoRA's choice on GPU. On CPU, ``float32``
-            gives LoRA gradients identical to an fp32 model holding the dequantized weights (``bfloat16``: ~7e-3
-            relative error) and bf16 is only ~1.3x faster at hidden 1024, so prefer ``float32`` there.
+            gives LoRA gradients identical to an fp32 model holding the dequantized weights, while ``bfloat16``
+            rounds them and gains little speed there, so prefer ``float32`` on CPU.
         bidirectional: for decoders, ``True`` switches to bidirectional attention; ``None`` keeps the default.
         device: where to quantize and place the weights; ``None`` picks the current CUDA device, else the CPU.
         attn_implementation: passed to transformers.

@@ -10,8 +10,8 @@ import torch
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (oneDNN's test: AVX512/AMX on x86, BF16 on Arm).
 
-    Without it bf16 autocast is emulated and runs several times *slower* than fp32 (about 12x for MiniLM training on
-    an AVX2-only CPU, measured with ``benchmarks/stsb_angle.py``).
+    Without it bf16 autocast is emulated in software and is many times *slower* than fp32, so fp32 is the faster
+    training precision there.
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

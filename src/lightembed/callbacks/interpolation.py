@@ -1,19 +1,18 @@
-"""Weight-space interpolation with the starting point (WiSE-FT, Wortsman et al., 2022).
+"""Weight-space interpolation with the starting point (WiSE-FT: "Robust fine-tuning of zero-shot models", Mitchell
+Wortsman et al., 2022).
 
 A fine-tuning run ends with ``θ0 + α·(θ − θ0)``: ``θ0`` are the trainable weights when ``fit`` started, ``θ`` the ones
 training reached, ``α`` in ``[0, 1]`` (1 = plain fine-tuning, 0 = the starting model). Averaging in weight space keeps
-part of what a strong pretrained encoder knew beyond the fine-tuning set. On all-MiniLM-L6-v2 fine-tuned with AnglE
-for one epoch on STS-B train, α = 0.5 (chosen on STS-B validation) scores 87.74 against 86.54 for α = 1 on validation
-(``benchmarks/stsb_angle_sweep.py --wise``) and 83.48 against 83.25 on test with length-grouped batches
-(``stsb_angle.py``; means over seeds), but 83.61 against 84.22 on test with random batches (seed 0): a validation gain
-that need not carry over to test.
+part of what a strong pretrained encoder knew beyond the fine-tuning set. Choose ``α`` on a validation set, and check
+the gain on held-out data: a small fine-tuning set can make validation favour an ``α`` that does not carry over
+(``benchmarks/stsb_angle_sweep.py --wise`` and ``stsb_angle.py`` measure both; results in ``benchmarks/results/``).
 
 Training itself is unchanged: the optimiser keeps stepping ``θ``. The interpolated weights are what the run shows:
 
 * every validation during ``fit`` scores them (so a ``ModelCheckpoint`` monitoring a validation metric ranks them);
 * every checkpoint holds them in ``state_dict`` (so ``--ckpt_path``, ``ExportCallback`` and ``lightembed evaluate``
   use them), with the raw ``θ`` kept under ``wise_current`` so that resuming ``fit`` continues training ``θ``;
-* when training ends the module is left holding them (``trainer.test``, ``encode``, ``LoRAHandoff`` see them).
+* when training ends the module is left holding them (``trainer.test``, ``encode`` and the export see them).
 
 LoRA: an adapter's delta is ``B·A`` with ``B`` starting at zero, so interpolating ``B`` alone and keeping the trained
 ``A`` gives exactly ``α·B·A``, the interpolation of the merged weights. An adapter that did not start at zero (one
@@ -108,7 +107,7 @@ class WeightInterpolation(L.Callback):
                     raise ValueError(
                         f"WeightInterpolation: the LoRA adapter did not start at zero ({b_name} is nonzero at fit "
                         "start, e.g. continued with `init_from`), so alpha·(B·A) has no exact interpolation; "
-                        "merge the previous adapter first (LoRAHandoff) or drop this callback"
+                        "start from the previous stage's merged export (a fresh adapter) or drop this callback"
                     )
 
     # -------------------------------------------------------------------- hooks
