@@ -47,7 +47,7 @@ from lightembed.api import load_encoder  # noqa: E402
 from lightembed.data.multi import MultiDatasetDataModule, PairSource, load_pairs  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
-from lightembed.losses import AnglELoss  # noqa: E402
+from lightembed.losses import AnglEObjectiveLoss  # noqa: E402
 from lightembed.mining import mine_hard_negatives, random_negatives  # noqa: E402
 from lightembed.stages import ContrastiveModule  # noqa: E402
 
@@ -114,7 +114,7 @@ def train_and_test(files: dict[str, Path], batching: str, data_root: str) -> tup
     L.seed_everything(SEED, verbose=False)
     module = ContrastiveModule(
         model=MODEL,
-        loss=AnglELoss(),
+        loss=AnglEObjectiveLoss(),
         pooling="mean",
         max_length=MAX_LEN,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01),

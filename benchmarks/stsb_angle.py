@@ -55,7 +55,7 @@ from lightembed.callbacks import WeightInterpolation  # noqa: E402
 from lightembed.data import PairDataModule  # noqa: E402
 from lightembed.data.sources import load_source, resolve_data_root  # noqa: E402
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
-from lightembed.losses import AnglELoss, CoSENTLoss  # noqa: E402
+from lightembed.losses import AnglEObjectiveLoss, CoSENTLoss  # noqa: E402
 from lightembed.packaged import resolve_packaged  # noqa: E402
 from lightembed.precision import cpu_has_fast_bf16  # noqa: E402
 from lightembed.stages import ContrastiveModule  # noqa: E402
@@ -81,16 +81,16 @@ class TrainTimer(L.Callback):
         self.seconds += time.perf_counter() - self._start
 
 
-def angle() -> AnglELoss:
+def angle() -> AnglEObjectiveLoss:
     """AnglE with the paper's weights and temperatures; on scored STS pairs only pairs scored >= 4 of 5 are in-batch
     positives (a pair scored 0 is not a positive), as in configs/model/angle_minilm.yaml."""
-    return AnglELoss(ibn_min_score=4.0)
+    return AnglEObjectiveLoss(ibn_min_score=4.0)
 
 
-def angle_all_texts() -> AnglELoss:
+def angle_all_texts() -> AnglEObjectiveLoss:
     """:func:`angle` with the in-batch term over every text of the batch (``ibn_candidates="all"``), as AnglE's
     reference code computes it, instead of the paper's anchors-against-positives."""
-    return AnglELoss(ibn_min_score=4.0, ibn_candidates="all")
+    return AnglEObjectiveLoss(ibn_min_score=4.0, ibn_candidates="all")
 
 
 def stsb_test(model, data_root: str, split_file: str = TEST) -> float:

@@ -32,7 +32,7 @@ import torch
 
 from lightembed.callbacks.interpolation import load_interpolation, trainable_weights
 from lightembed.data.sources import resolve_data_root
-from lightembed.losses import AnglELoss, CoSENTLoss
+from lightembed.losses import AnglEObjectiveLoss, CoSENTLoss
 from stsb_angle import PEER, print_seed_table, run_named, stsb_test, train_lightembed
 
 VALIDATION = "sts/stsb/validation.jsonl"
@@ -45,22 +45,22 @@ RESULTS = Path(__file__).parent / "results" / "stsb_angle_sweep.json"
 SETTINGS = {
     "cosent": (lambda: CoSENTLoss(), True, {}),
     "cosent_shuffled": (lambda: CoSENTLoss(), False, {}),
-    "angle_paper_min4": (lambda: AnglELoss(ibn_min_score=4.0), True, {}),
-    "angle_paper_min4_shuffled": (lambda: AnglELoss(ibn_min_score=4.0), False, {}),
-    "angle_paper_min3": (lambda: AnglELoss(ibn_min_score=3.0), True, {}),
-    "angle20_min4": (lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0), True, {}),
-    "angle20_min4_shuffled": (lambda: AnglELoss(angle_temperature=0.05, ibn_min_score=4.0), False, {}),
-    "cosine_angle20": (lambda: AnglELoss(ibn_weight=0.0, angle_temperature=0.05), True, {}),
+    "angle_paper_min4": (lambda: AnglEObjectiveLoss(ibn_min_score=4.0), True, {}),
+    "angle_paper_min4_shuffled": (lambda: AnglEObjectiveLoss(ibn_min_score=4.0), False, {}),
+    "angle_paper_min3": (lambda: AnglEObjectiveLoss(ibn_min_score=3.0), True, {}),
+    "angle20_min4": (lambda: AnglEObjectiveLoss(angle_temperature=0.05, ibn_min_score=4.0), True, {}),
+    "angle20_min4_shuffled": (lambda: AnglEObjectiveLoss(angle_temperature=0.05, ibn_min_score=4.0), False, {}),
+    "cosine_angle20": (lambda: AnglEObjectiveLoss(ibn_weight=0.0, angle_temperature=0.05), True, {}),
     "cosine_angle20_w0.02_ibn_min4": (
-        lambda: AnglELoss(angle_weight=0.02, angle_temperature=0.05, ibn_min_score=4.0),
+        lambda: AnglEObjectiveLoss(angle_weight=0.02, angle_temperature=0.05, ibn_min_score=4.0),
         True,
         {},
     ),
-    "angle_paper_min4_sym": (lambda: AnglELoss(ibn_min_score=4.0, ibn_symmetric=True), True, {}),
-    "angle_paper_min3_sym": (lambda: AnglELoss(ibn_min_score=3.0, ibn_symmetric=True), True, {}),
-    "angle_paper_min4_nodrop": (lambda: AnglELoss(ibn_min_score=4.0), True, {"dropout": 0.0}),
+    "angle_paper_min4_sym": (lambda: AnglEObjectiveLoss(ibn_min_score=4.0, ibn_symmetric=True), True, {}),
+    "angle_paper_min3_sym": (lambda: AnglEObjectiveLoss(ibn_min_score=3.0, ibn_symmetric=True), True, {}),
+    "angle_paper_min4_nodrop": (lambda: AnglEObjectiveLoss(ibn_min_score=4.0), True, {"dropout": 0.0}),
     "cosent_nodrop": (lambda: CoSENTLoss(), True, {"dropout": 0.0}),
-    "angle_paper_min4_ema0.99": (lambda: AnglELoss(ibn_min_score=4.0), True, {"ema_decay": 0.99}),
+    "angle_paper_min4_ema0.99": (lambda: AnglEObjectiveLoss(ibn_min_score=4.0), True, {"ema_decay": 0.99}),
     "cosent_ema0.99": (lambda: CoSENTLoss(), True, {"ema_decay": 0.99}),
 }
 
