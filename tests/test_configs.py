@@ -23,5 +23,5 @@ def test_config_parses(config, tmp_path, monkeypatch):
     cli = build_cli(args, run=False)
     assert cli.model is not None and cli.datamodule is not None
     # linked values are written once (in the model) and reach the data module
-    assert cli.datamodule.hparams.tokenizer == cli.model.hparams.model
-    assert cli.datamodule.hparams.max_length == cli.model.hparams.max_length
+    assert cli.datamodule.hparams.tokenizer == cli.model.settings.backbone
+    assert cli.datamodule.hparams.max_length == cli.model.settings.max_length

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lightembed import distributed
+from lightembed.encoder import EncoderSettings
 from lightembed.losses import AnglELoss, AngleLoss, CoSENTLoss, InBatchNegativesLoss
 
 WORLD = 2
@@ -140,13 +141,13 @@ def _stage_cases(rank: int, bert_dir: str) -> dict:
             torch.manual_seed(0)
             if simcse:
                 module = SimCSEModule(
-                    model=bert_dir, max_length=32, gather_across_devices=gather, micro_batch_size=micro_batch_size
+                    EncoderSettings(backbone=bert_dir, max_length=32),
+                    gather_across_devices=gather,
+                    micro_batch_size=micro_batch_size,
                 )
             else:
                 module = ContrastiveModule(
-                    model=bert_dir,
-                    max_length=32,
-                    dropout=0.0,
+                    EncoderSettings(backbone=bert_dir, max_length=32, dropout=0.0),
                     gather_across_devices=gather,
                     micro_batch_size=micro_batch_size,
                 )

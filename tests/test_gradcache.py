@@ -6,9 +6,11 @@ import torch
 
 from lightembed.data import PairDataModule
 from lightembed.data.collators import PairCollator, SentenceCollator
+from lightembed.encoder import EncoderSettings
 from lightembed.gradcache import split_features
 from lightembed.losses import AnglELoss, AngleLoss, CoSENTLoss, InBatchNegativesLoss
 from lightembed.stages import ContrastiveModule, SimCSEModule
+from lightembed.stages.batch_embedding import GradCacheEmbedding
 
 ROWS = [
     ("A man is playing a guitar.", "A man plays the guitar.", "A woman cooks.", 4.8),
@@ -72,7 +74,9 @@ LOSSES = {
 @pytest.mark.parametrize("name", LOSSES)
 def test_gradcache_equals_uncached_with_dropout(tiny_bert_dir, tokenizer, name):
     make_loss, labels = LOSSES[name]
-    module = ContrastiveModule(model=str(tiny_bert_dir), max_length=32, loss=make_loss(), micro_batch_size=MICRO)
+    module = ContrastiveModule(
+        EncoderSettings(backbone=str(tiny_bert_dir), max_length=32), loss=make_loss(), micro_batch_size=MICRO
+    )
     module.configure_model()
     module.train()
     assert module.backbone.config.hidden_dropout_prob > 0
@@ -95,23 +99,25 @@ def test_gradcache_equals_uncached_with_dropout(tiny_bert_dir, tokenizer, name):
     # dropout is really on: another seed draws other masks and other gradients
     other = _reference(module, fields, loss_fn, seed=2)
     assert not torch.allclose(
-        other[1]["backbone.embeddings.word_embeddings.weight"],
-        reference[1]["backbone.embeddings.word_embeddings.weight"],
+        other[1]["encoder.backbone.embeddings.word_embeddings.weight"],
+        reference[1]["encoder.backbone.embeddings.word_embeddings.weight"],
     )
 
 
 def test_gradcache_equals_full_batch_step_without_dropout(tiny_bert_dir, tokenizer):
     """With dropout off the micro-batching is invisible: GradCache = one plain full-batch training step."""
-    module = ContrastiveModule(model=str(tiny_bert_dir), max_length=32, dropout=0.0)
+    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.0))
     batch = _batch(tokenizer, labels=True)
     module.configure_model()
     plain = _cached(module, batch, seed=0)  # micro_batch_size None: the plain path
-    module.micro_batch_size = MICRO
+    module.batch_embedding = GradCacheEmbedding(MICRO)
     _assert_same(plain, _cached(module, batch, seed=0))
 
 
 def test_gradcache_simcse_replays_the_dropout_views(tiny_bert_dir, tokenizer):
-    module = SimCSEModule(model=str(tiny_bert_dir), max_length=32, dropout=0.1, micro_batch_size=MICRO)
+    module = SimCSEModule(
+        EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.1), micro_batch_size=MICRO
+    )
     module.configure_model()
     module.train()
     texts = [r[0] for r in ROWS]
@@ -128,7 +134,9 @@ def test_gradcache_simcse_replays_the_dropout_views(tiny_bert_dir, tokenizer):
 
 def test_gradcache_with_lora(tiny_bert_dir, tokenizer):
     lora = {"r": 4, "alpha": 8, "dropout": 0.1}
-    module = ContrastiveModule(model=str(tiny_bert_dir), max_length=32, lora=lora, micro_batch_size=MICRO)
+    module = ContrastiveModule(
+        EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, lora=lora), micro_batch_size=MICRO
+    )
     module.configure_model()
     module.train()
     batch = _batch(tokenizer, labels=True)
@@ -151,7 +159,9 @@ def test_gradcache_with_lora(tiny_bert_dir, tokenizer):
 def _fit(tiny_bert_dir, sts_file, tmp_path, micro, accumulate=1, batch_size=6):
     L.seed_everything(0)
     module = ContrastiveModule(
-        model=str(tiny_bert_dir), max_length=32, dropout=0.0, micro_batch_size=micro, loss=CoSENTLoss()
+        EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.0),
+        micro_batch_size=micro,
+        loss=CoSENTLoss(),
     )
     data = PairDataModule(train=str(sts_file), tokenizer=str(tiny_bert_dir), max_length=32, batch_size=batch_size)
     trainer = L.Trainer(
@@ -178,7 +188,7 @@ def test_gradcache_in_a_trainer_with_accumulation_matches_plain_training(tiny_be
     changed = 0
     for name, value in plain.items():
         torch.testing.assert_close(cached[name], value, atol=1e-5, rtol=1e-5, msg=name)
-    initial = ContrastiveModule(model=str(tiny_bert_dir))
+    initial = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir)))
     initial.configure_model()
     changed = sum(not torch.equal(v, plain[k]) for k, v in initial.backbone.state_dict().items())
     assert changed > 10
@@ -191,4 +201,4 @@ def test_micro_batch_that_does_not_divide_the_batch_is_an_error(tiny_bert_dir, s
 
 def test_bad_micro_batch_size_names_the_option(tiny_bert_dir):
     with pytest.raises(ValueError, match="micro_batch_size"):
-        ContrastiveModule(model=str(tiny_bert_dir), micro_batch_size=0)
+        ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir)), micro_batch_size=0)

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from lightembed.data.collators import PairCollator
+from lightembed.encoder import EncoderSettings
 from lightembed.length_chunks import embed_by_length, plan_chunks, right_padded
 from lightembed.losses import AnglELoss
 from lightembed.pooling import POOLING_STRATEGIES
@@ -80,13 +81,15 @@ def _fields(tokenizer, instructions=None) -> dict:
 def test_chunked_embeddings_and_gradients_equal_one_pass_per_field(
     tiny_bert_dir, tokenizer, pooling, instructions, overhead
 ):
-    module = ContrastiveModule(model=str(tiny_bert_dir), pooling=pooling, max_length=32, dropout=0.0)
+    module = ContrastiveModule(
+        EncoderSettings(backbone=str(tiny_bert_dir), pooling=pooling, max_length=32, dropout=0.0)
+    )
     module.configure_model()
     fields = _fields(tokenizer, instructions)
     widths = {fields[name]["input_ids"].shape[1] for name in fields}
     assert len(widths) > 1  # the fields are padded to different widths: the join pads them
     torch.manual_seed(0)
-    weights = {name: torch.randn(len(ROWS), module.embedding_dim) for name in fields}
+    weights = {name: torch.randn(len(ROWS), module.encoder.embedding_dim) for name in fields}
 
     def run(embed_fields):
         module.zero_grad()
@@ -105,7 +108,7 @@ def test_chunked_embeddings_and_gradients_equal_one_pass_per_field(
 
 
 def test_chunks_are_cut_to_their_longest_text_and_left_padding_falls_back(tiny_bert_dir, tokenizer):
-    module = ContrastiveModule(model=str(tiny_bert_dir), max_length=32, dropout=0.0)
+    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.0))
     module.configure_model()
     fields = _fields(tokenizer)
     calls = []
@@ -137,15 +140,15 @@ def test_chunks_are_cut_to_their_longest_text_and_left_padding_falls_back(tiny_b
 
 def test_contrastive_module_checks_the_option(tiny_bert_dir):
     with pytest.raises(ValueError, match="length_chunking"):
-        ContrastiveModule(model=str(tiny_bert_dir), length_chunking=-1)
+        ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir)), length_chunking=-1)
     with pytest.raises(ValueError, match="either length_chunking or micro_batch_size"):
-        ContrastiveModule(model=str(tiny_bert_dir), length_chunking=100, micro_batch_size=2)
+        ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir)), length_chunking=100, micro_batch_size=2)
 
 
 @pytest.mark.parametrize("strategy", [FSDP2Strategy(), DDPStrategy()], ids=["fsdp2", "ddp"])
 def test_sharded_strategies_refuse_length_chunking_on_several_processes(tiny_bert_dir, strategy):
     """Under FSDP each forward pass is a collective, so ranks must make as many; under DDP the count is free."""
-    module = ContrastiveModule(model=str(tiny_bert_dir), length_chunking=160)
+    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir)), length_chunking=160)
     module._trainer = SimpleNamespace(
         accelerator=None, precision="32-true", accumulate_grad_batches=1, strategy=strategy, world_size=2
     )
@@ -163,7 +166,9 @@ def test_a_chunked_training_step_gives_the_loss_and_gradients_of_the_plain_one(t
     for length_chunking in (None, 0.0):
         torch.manual_seed(0)
         module = ContrastiveModule(
-            model=str(tiny_bert_dir), loss=AnglELoss(), max_length=32, dropout=0.0, length_chunking=length_chunking
+            EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.0),
+            loss=AnglELoss(),
+            length_chunking=length_chunking,
         )
         module.configure_model()
         loss = module.training_step(batch, 0)

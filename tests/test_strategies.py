@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader
 
 from lightembed.data.collators import PairCollator
+from lightembed.encoder import EncoderSettings
 from lightembed.losses import AnglELoss
 from lightembed.stages import ContrastiveModule
 from lightembed.strategies import FSDP2Strategy, LayerFSDPStrategy
@@ -62,9 +63,7 @@ class ShardData(L.LightningDataModule):
 
 def _module(bert_dir: str, micro: int | None, gather: bool) -> ContrastiveModule:
     return ContrastiveModule(
-        model=bert_dir,
-        max_length=32,
-        dropout=0.0,
+        EncoderSettings(backbone=bert_dir, max_length=32, dropout=0.0),
         loss=AnglELoss(),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01),
         micro_batch_size=micro,
@@ -215,7 +214,12 @@ def test_cli_fsdp_on_cpu_points_at_fsdp2(tiny_bert_dir, monkeypatch, tmp_path):
     from lightembed.cli import build_cli
 
     monkeypatch.chdir(tmp_path)
-    argv = ["--model.class_path", "lightembed.stages.ContrastiveModule", "--model.init_args.model", str(tiny_bert_dir)]
+    argv = [
+        "--model.class_path",
+        "lightembed.stages.ContrastiveModule",
+        "--model.init_args.encoder.backbone",
+        str(tiny_bert_dir),
+    ]
     argv += ["--data.class_path", "lightembed.data.PairDataModule", "--data.init_args.train", "x.jsonl"]
     with pytest.raises(ValueError, match=r"fsdp.*GPU.*--trainer\.strategy fsdp2"):
         build_cli([*argv, "--trainer.accelerator", "cpu", "--trainer.strategy", "fsdp"], run=False)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from lightembed.callbacks import WeightInterpolation
 from lightembed.callbacks.interpolation import CURRENT_KEY
+from lightembed.encoder import EncoderSettings
 from lightembed.lora import LoRASettings
 from lightembed.stages.base import EmbeddingModule
 
@@ -40,10 +41,7 @@ def trainable(module) -> dict[str, torch.Tensor]:
 
 def make_stage(folder, lora=None) -> PullStage:
     return PullStage(
-        model=str(folder),
-        max_length=32,
-        dropout=0.0,
-        lora=lora,
+        EncoderSettings(backbone=str(folder), max_length=32, dropout=0.0, lora=lora),
         warmup_ratio=0.0,
         scheduler="constant",  # a resumed run with more epochs keeps the same learning rates
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2),

@@ -8,12 +8,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightembed.callbacks.evaluation import EvaluationCallback
 from lightembed.data import PairDataModule
+from lightembed.encoder import EncoderSettings
 from lightembed.stages import ContrastiveModule
 
 
 def _fit(tiny_bert_dir, sts_file, tiny_data_root, tmp_path, callback, max_steps=4, monitor="eval/accuracy_mean"):
     L.seed_everything(0, verbose=False)
-    module = ContrastiveModule(model=str(tiny_bert_dir), max_length=32)
+    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32))
     data = PairDataModule(
         train=str(sts_file), val={"tiny": str(sts_file)}, tokenizer=str(tiny_bert_dir), max_length=32, batch_size=4
     )

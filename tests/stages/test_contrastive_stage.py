@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from lightembed.data import PairDataModule
+from lightembed.encoder import Encoder, EncoderSettings
 from lightembed.losses import AnglELoss, CoSENTLoss
-from lightembed.stages import ContrastiveModule, EmbeddingModule
+from lightembed.stages import ContrastiveModule
 
 
 def _module(tiny_bert_dir, **kwargs) -> ContrastiveModule:
-    return ContrastiveModule(model=str(tiny_bert_dir), max_length=32, **kwargs)
+    return ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32), **kwargs)
 
 
 def _data(tiny_bert_dir, sts_file, **kwargs) -> PairDataModule:
@@ -127,7 +128,7 @@ def test_encode_rejects_empty_text(tiny_bert_dir):
 
 def test_unknown_pooling_names_the_option(tiny_bert_dir):
     with pytest.raises(ValueError, match="pooling"):
-        EmbeddingModule(model=str(tiny_bert_dir), pooling="median")
+        Encoder(EncoderSettings(backbone=str(tiny_bert_dir), pooling="median"))
 
 
 def test_configure_model_is_idempotent(tiny_bert_dir):
@@ -153,7 +154,7 @@ def test_checkpoint_reloads_with_the_same_embeddings(tiny_bert_dir, sts_file, tm
 
 
 def test_default_optimizer_is_fused_adamw_where_torch_has_the_kernel_and_steps_like_plain_adamw():
-    from lightembed.stages.base import default_optimizer
+    from lightembed.stages.optim import default_optimizer
 
     torch.manual_seed(0)
     start = [torch.randn(6, 4), torch.randn(4)]
@@ -228,7 +229,7 @@ def test_the_readme_8bit_optimizer_option_parses_and_builds(tiny_bert_dir, monke
     cli = build_cli(
         [
             *("--model.class_path", "lightembed.stages.ContrastiveModule"),
-            *("--model.init_args.model", str(tiny_bert_dir)),
+            *("--model.init_args.encoder.backbone", str(tiny_bert_dir)),
             *("--model.init_args.optimizer", "bitsandbytes.optim.AdamW8bit"),
             *("--model.init_args.optimizer.lr", "2e-5"),
             *("--data.class_path", "lightembed.data.PairDataModule", "--data.init_args.train", "x.jsonl"),

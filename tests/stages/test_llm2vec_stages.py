@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lightembed.data import CorpusDataModule
+from lightembed.encoder import EncoderSettings
 from lightembed.lora import LoRASettings
 from lightembed.stages import MNTPModule, SimCSEModule
 
@@ -28,7 +29,7 @@ def _trainer(tmp_path, **kwargs) -> L.Trainer:
 def test_mntp_trains_lora_and_reports_masked_accuracy(request, tied, corpus_file, sts_file, tmp_path):
     folder = request.getfixturevalue("tiny_llama_tied_dir" if tied else "tiny_llama_dir")
     L.seed_everything(0)
-    module = MNTPModule(model=str(folder), max_length=16, lora=LoRASettings(r=4, alpha=8))
+    module = MNTPModule(EncoderSettings(backbone=str(folder), max_length=16, lora=LoRASettings(r=4, alpha=8)))
     data = CorpusDataModule(
         train=str(corpus_file),
         val=str(corpus_file),
@@ -54,7 +55,7 @@ def test_mntp_loss_equals_the_hf_causal_lm_loss_on_the_same_labels(tiny_llama_di
 
     from lightembed.backbones import set_bidirectional
 
-    module = MNTPModule(model=str(tiny_llama_dir), max_length=16)
+    module = MNTPModule(EncoderSettings(backbone=str(tiny_llama_dir), max_length=16))
     module.configure_model()
     module.eval()
     data = CorpusDataModule(
@@ -79,7 +80,7 @@ def test_mntp_loss_equals_the_hf_causal_lm_loss_on_the_same_labels(tiny_llama_di
 
 def test_mntp_refuses_an_encoder(tiny_bert_dir):
     with pytest.raises(ValueError, match="decoder"):
-        MNTPModule(model=str(tiny_bert_dir)).configure_model()
+        MNTPModule(EncoderSettings(backbone=str(tiny_bert_dir))).configure_model()
 
 
 @pytest.mark.parametrize("backbone", ["tiny_bert_dir", "tiny_llama_dir"])
@@ -87,7 +88,9 @@ def test_simcse_trains_and_validates_on_sts(request, backbone, corpus_file, sts_
     folder = request.getfixturevalue(backbone)
     L.seed_everything(0)
     bidirectional = True if backbone == "tiny_llama_dir" else None
-    module = SimCSEModule(model=str(folder), max_length=24, dropout=0.3, bidirectional=bidirectional)
+    module = SimCSEModule(
+        EncoderSettings(backbone=str(folder), max_length=24, dropout=0.3, bidirectional=bidirectional)
+    )
     data = CorpusDataModule(
         train=str(corpus_file),
         sts_val={"tiny": str(sts_file)},
@@ -107,7 +110,7 @@ def test_simcse_trains_and_validates_on_sts(request, backbone, corpus_file, sts_
 
 
 def test_simcse_views_differ_only_through_dropout(tiny_bert_dir, corpus_file):
-    module = SimCSEModule(model=str(tiny_bert_dir), max_length=24, dropout=0.2)
+    module = SimCSEModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=24, dropout=0.2))
     data = CorpusDataModule(
         train=str(corpus_file),
         objective="simcse",
@@ -128,14 +131,14 @@ def test_simcse_views_differ_only_through_dropout(tiny_bert_dir, corpus_file):
 
 def test_simcse_without_dropout_is_an_error(tiny_llama_dir):
     with pytest.raises(ValueError, match="dropout"):
-        SimCSEModule(model=str(tiny_llama_dir)).configure_model()
+        SimCSEModule(EncoderSettings(backbone=str(tiny_llama_dir))).configure_model()
 
 
 def test_dropout_option_reaches_the_config(tiny_llama_dir, tiny_bert_dir):
-    llama = SimCSEModule(model=str(tiny_llama_dir), dropout=0.3)
+    llama = SimCSEModule(EncoderSettings(backbone=str(tiny_llama_dir), dropout=0.3))
     llama.configure_model()
     assert llama.backbone.config.attention_dropout == 0.3
-    bert = SimCSEModule(model=str(tiny_bert_dir), dropout=0.25)
+    bert = SimCSEModule(EncoderSettings(backbone=str(tiny_bert_dir), dropout=0.25))
     bert.configure_model()
     config = bert.backbone.config
     assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob) == (0.25, 0.25)
@@ -146,7 +149,7 @@ def test_lora_checkpoint_holds_only_the_adapter_and_reloads_exactly(tiny_llama_d
     from lightembed.api import load_encoder
 
     L.seed_everything(0)
-    module = MNTPModule(model=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8))
+    module = MNTPModule(EncoderSettings(backbone=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8)))
     data = CorpusDataModule(
         train=str(corpus_file), objective="mntp", format="wikitext", tokenizer=str(tiny_llama_dir), max_length=16
     )
@@ -164,7 +167,7 @@ def test_lora_checkpoint_holds_only_the_adapter_and_reloads_exactly(tiny_llama_d
     texts = ["a man plays guitar", "the sky is blue"]
     torch.testing.assert_close(load_encoder(str(ckpt)).encode(texts), module.encode(texts))
     # resuming a fit restores the adapter too (configure_model runs before the state is loaded)
-    resumed = MNTPModule(model=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8))
+    resumed = MNTPModule(EncoderSettings(backbone=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8)))
     _trainer(tmp_path, max_steps=2, limit_val_batches=0).fit(resumed, datamodule=data, ckpt_path=ckpt)
     for name, value in module.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, msg=name)
@@ -177,7 +180,7 @@ def test_lora_stage_exports_from_its_adapter_only_best_checkpoint(tiny_llama_dir
     from lightembed.callbacks import ExportCallback
 
     L.seed_everything(0)
-    module = MNTPModule(model=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8))
+    module = MNTPModule(EncoderSettings(backbone=str(tiny_llama_dir), max_length=16, lora=LoRASettings(r=4, alpha=8)))
     data = CorpusDataModule(
         train=str(corpus_file), objective="mntp", format="wikitext", tokenizer=str(tiny_llama_dir), max_length=16
     )

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lightembed.data import PairDataModule
+from lightembed.encoder import EncoderSettings
 from lightembed.losses import CoSENTLoss
 from lightembed.stages import ContrastiveModule
 
@@ -55,11 +56,9 @@ def scored_pairs(tmp_path_factory):
 def _train_lightembed(folder, path, seed: int, length_chunking: float | None = None) -> ContrastiveModule:
     L.seed_everything(seed, verbose=False)
     module = ContrastiveModule(
-        model=str(folder),
+        EncoderSettings(backbone=str(folder), pooling="mean", max_length=MAX_LEN),
         loss=CoSENTLoss(),
         length_chunking=length_chunking,
-        pooling="mean",
-        max_length=MAX_LEN,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01, fused=True),
         warmup_ratio=WARMUP,
     )
@@ -120,7 +119,9 @@ def test_cosent_trains_like_the_sentence_transformers_trainer(
 ):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     texts = ["a man plays the guitar in the park", "the cat eats food", "a woman runs"]
-    start = ContrastiveModule(model=str(no_dropout_bert_dir), pooling="mean", max_length=MAX_LEN).encode(texts)
+    start = ContrastiveModule(
+        EncoderSettings(backbone=str(no_dropout_bert_dir), pooling="mean", max_length=MAX_LEN)
+    ).encode(texts)
 
     ours = _train_lightembed(no_dropout_bert_dir, scored_pairs, seed=0, length_chunking=length_chunking).encode(texts)
     peer = torch.as_tensor(

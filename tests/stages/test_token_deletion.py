@@ -13,6 +13,7 @@ from lightembed.backbones import load_backbone
 from lightembed.cli import cli_main
 from lightembed.data import CorpusDataModule
 from lightembed.data.collators import PairCollator
+from lightembed.encoder import Encoder, EncoderSettings
 from lightembed.stages import ProxySettings, TokenDeletionModule
 from lightembed.stages._deletion_attention import KEEP_KWARG, soft_deletion_attention, use_soft_deletion
 from lightembed.stages.token_deletion import relaxed_keep, temperature_at
@@ -25,15 +26,17 @@ BACKBONES = ["tiny_bert_dir", "tiny_llama_dir"]
 def _module(request, backbone: str, **kwargs) -> TokenDeletionModule:
     folder = request.getfixturevalue(backbone)
     bidirectional = True if backbone == "tiny_llama_dir" else None
-    module = TokenDeletionModule(model=str(folder), max_length=24, bidirectional=bidirectional, **kwargs)
+    module = TokenDeletionModule(
+        EncoderSettings(backbone=str(folder), max_length=24, bidirectional=bidirectional), **kwargs
+    )
     module.configure_model()
     return module.eval()
 
 
 def _reference(module: TokenDeletionModule, attn: str = "sdpa"):
     """The same backbone loaded plainly (no custom attention), with the module's (possibly trained) weights."""
-    hp = module.hparams
-    model = load_backbone(hp.model, bidirectional=hp.bidirectional, attn_implementation=attn)
+    settings = module.settings
+    model = load_backbone(settings.backbone, bidirectional=settings.bidirectional, attn_implementation=attn)
     model.load_state_dict(module.backbone.state_dict())
     return model.eval()
 
@@ -180,6 +183,16 @@ def test_inference_deletion_masks_the_tokens_below_the_threshold(request):
     assert not torch.allclose(module.embed(features), ours)
 
 
+def test_a_checkpoint_with_inference_deletion_is_not_loaded_as_the_encoder_alone(request, tmp_path):
+    module = _module(request, "tiny_bert_dir", inference_deletion=True)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu", enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    checkpoint = tmp_path / "td.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    with pytest.raises(ValueError, match="TokenDeletionModule.*load_from_checkpoint"):
+        load_encoder(str(checkpoint))
+
+
 def test_encode_uses_the_encoder_alone(request, tmp_path):
     module = _module(request, "tiny_bert_dir")
     module.backbone.save_pretrained(tmp_path)
@@ -190,7 +203,7 @@ def test_encode_uses_the_encoder_alone(request, tmp_path):
 
 def test_proxy_and_encoder_get_their_own_learning_rates(request):
     module = _module(request, "tiny_bert_dir", proxy={"lr": 5e-3})
-    groups = module._parameter_groups()
+    groups = module.parameter_groups()
     proxy_ids = {id(p) for p in module.proxy.parameters()}
     for group in groups:
         in_proxy = {id(p) in proxy_ids for p in group["params"]}
@@ -217,7 +230,7 @@ def test_proxy_and_encoder_get_their_own_learning_rates(request):
 )
 def test_bad_options_name_themselves(tiny_bert_dir, kwargs, option):
     with pytest.raises(ValueError, match=option):
-        TokenDeletionModule(model=str(tiny_bert_dir), **kwargs)
+        TokenDeletionModule(EncoderSettings(backbone=str(tiny_bert_dir)), **kwargs)
 
 
 def test_a_family_without_the_attention_interface_is_an_error(tmp_path, tokenizer):
@@ -232,8 +245,8 @@ def test_a_family_without_the_attention_interface_is_an_error(tmp_path, tokenize
     )
     MPNetModel(config).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="option `model`.*mpnet.*AttentionInterface"):
-        TokenDeletionModule(model=str(tmp_path)).configure_model()
+    with pytest.raises(ValueError, match="option `encoder.backbone`.*mpnet.*AttentionInterface"):
+        TokenDeletionModule(EncoderSettings(backbone=str(tmp_path))).configure_model()
 
 
 def test_a_model_that_drops_the_keep_keyword_is_an_error():
@@ -245,7 +258,7 @@ def test_a_model_that_drops_the_keep_keyword_is_an_error():
             return super().forward(*args, **kwargs)
 
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
-    with pytest.raises(ValueError, match="option `model`.*0 of 2 layers"):
+    with pytest.raises(ValueError, match="option `encoder.backbone`.*0 of 2 layers"):
         use_soft_deletion(DroppingBert(config))
     use_soft_deletion(BertModel(config))  # the unmodified family passes
 
@@ -258,10 +271,7 @@ def test_the_stage_trains_logs_and_reloads(request, backbone, views, corpus_file
     L.seed_everything(0)
     bidirectional = True if backbone == "tiny_llama_dir" else None
     module = TokenDeletionModule(
-        model=str(folder),
-        max_length=24,
-        bidirectional=bidirectional,
-        dropout=0.1,
+        EncoderSettings(backbone=str(folder), max_length=24, bidirectional=bidirectional, dropout=0.1),
         masked_views=views,
         temperature_start=2.0,
         temperature_end=0.5,
@@ -316,8 +326,8 @@ def test_the_stage_trains_logs_and_reloads(request, backbone, views, corpus_file
     reloaded = TokenDeletionModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
     torch.testing.assert_close(reloaded.proxy.out.weight, module.proxy.out.weight)
     torch.testing.assert_close(reloaded.encode(TEXTS), module.encode(TEXTS), atol=1e-6, rtol=0)
-    encoder = load_encoder(str(checkpoint))  # the generic loader finds the stage's class in the checkpoint
-    assert isinstance(encoder, TokenDeletionModule)
+    encoder = load_encoder(str(checkpoint))  # without inference deletion the encoder alone embeds as the stage
+    assert isinstance(encoder, Encoder)
     torch.testing.assert_close(encoder.encode(TEXTS), module.encode(TEXTS), atol=1e-6, rtol=0)
 
 
@@ -330,7 +340,7 @@ def test_the_shipped_config_fits_through_the_cli(tiny_bert_dir, corpus_file, sts
             str(ROOT / "configs/trainer/cpu.yaml"),
             "--config",
             str(ROOT / "configs/stages/token_deletion_minilm.yaml"),
-            "--model.init_args.model",
+            "--model.init_args.encoder.backbone",
             str(tiny_bert_dir),
             "--data.init_args.train",
             str(corpus_file),
@@ -353,6 +363,6 @@ def test_the_shipped_config_fits_through_the_cli(tiny_bert_dir, corpus_file, sts
     assert (run / "export" / "modules.json").is_file()
     from_checkpoint = TokenDeletionModule.load_from_checkpoint(best, map_location="cpu").eval()  # proxy restored
     exported = load_encoder(str(run / "export"))  # the encoder alone, plain attention
-    assert type(exported).__name__ == "EmbeddingModule"
+    assert type(exported).__name__ == "Encoder"
     assert exported.backbone.config._attn_implementation == "sdpa"
     torch.testing.assert_close(exported.encode(TEXTS), from_checkpoint.encode(TEXTS), atol=1e-5, rtol=0)

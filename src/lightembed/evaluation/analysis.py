@@ -9,7 +9,7 @@
   carry information about the future tokens ranks ``s+`` first. Default triples:
   :data:`~lightembed.evaluation.prefix_triples.PREFIX_TRIPLES`.
 
-Both take a model name (Hub id, folder, ``packaged:<name>``), a loaded :class:`EmbeddingModule` or a transformers
+Both take a model name (Hub id, folder, ``packaged:<name>``), a loaded :class:`Encoder` or a transformers
 model with its tokenizer. Layer 0 is the embedding layer; layer ``i`` the output of block ``i``.
 """
 
@@ -28,18 +28,18 @@ from torch import Tensor
 from transformers import PretrainedConfig, PreTrainedModel
 
 from lightembed.backbones import family_of, load_backbone, load_tokenizer, set_bidirectional
+from lightembed.encoder import MODEL_INPUTS, Encoder
 from lightembed.evaluation.prefix_triples import PREFIX_TRIPLES
-from lightembed.stages.base import MODEL_INPUTS, EmbeddingModule
 
 TRIPLE_FIELDS = ("prefix", "query", "positive", "negative")
 
 
-def load_decoder(model: str | EmbeddingModule | PreTrainedModel, tokenizer: Any = None) -> tuple[PreTrainedModel, Any]:
+def load_decoder(model: str | Encoder | PreTrainedModel, tokenizer: Any = None) -> tuple[PreTrainedModel, Any]:
     """``(backbone, tokenizer)`` of a decoder given by name, lightembed module, or transformers model + tokenizer."""
     if isinstance(model, str):
         backbone, tokenizer = load_backbone(model), load_tokenizer(model)
-    elif isinstance(model, EmbeddingModule):
-        model.configure_model()
+    elif isinstance(model, Encoder):
+        model.build()
         backbone, tokenizer = model.backbone, tokenizer or model.tokenizer
     else:
         backbone = model
@@ -111,7 +111,7 @@ class LayerSimilarity:
 
 @torch.inference_mode()
 def layer_similarity(
-    model: str | EmbeddingModule | PreTrainedModel,
+    model: str | Encoder | PreTrainedModel,
     texts: Sequence[str],
     tokenizer: Any = None,
     batch_size: int = 16,
@@ -214,7 +214,7 @@ def _pool_prefix(hidden: Tensor, mask: Tensor, pooling: str) -> Tensor:
 
 @torch.inference_mode()
 def prefix_test(
-    model: str | EmbeddingModule | PreTrainedModel,
+    model: str | Encoder | PreTrainedModel,
     triples: str | Path | Sequence[Mapping[str, str]] | None = None,
     tokenizer: Any = None,
     pooling: str = "mean",

@@ -37,8 +37,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from lightembed.data.sources import load_source, resolve_source
+from lightembed.encoder import TextEncoder
 from lightembed.evaluation.encoding import Embedder, EncodeCache, as_cache
-from lightembed.stages.base import EmbeddingModule
 
 CLASSIFIERS = ("logreg", "svm", "svm-rbf", "nb", "rf", "knn")
 """Classifier names accepted by :func:`make_classifier`."""
@@ -302,7 +302,7 @@ def classify(
 
 
 def evaluate_classification(
-    encoder: EmbeddingModule | Embedder | EncodeCache,
+    encoder: TextEncoder | Embedder | EncodeCache,
     sources: dict[str, str],
     classifiers: Sequence[str] = ("logreg",),
     data_root: str | None = None,

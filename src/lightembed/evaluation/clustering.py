@@ -14,8 +14,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, v_measure_score
 
 from lightembed.data.sources import load_source, resolve_source
+from lightembed.encoder import TextEncoder
 from lightembed.evaluation.encoding import Embedder, EncodeCache, as_cache
-from lightembed.stages.base import EmbeddingModule
 
 CLUSTERING_SETS: dict[str, str] = {"trec": "classification/trec/train.jsonl"}
 """Default labelled sets for the ``clustering`` suite (paths under the data root): TREC's 6 question types."""
@@ -49,7 +49,7 @@ def cluster_score(
 
 
 def evaluate_clustering(
-    encoder: EmbeddingModule | Embedder | EncodeCache,
+    encoder: TextEncoder | Embedder | EncodeCache,
     sources: dict[str, str],
     split: str = "test",
     data_root: str | None = None,

@@ -1,6 +1,6 @@
 """One way for every evaluator to turn texts into embeddings: any object with ``encode(texts)``, cached per text.
 
-Evaluators accept either a lightembed :class:`~lightembed.stages.base.EmbeddingModule` (its ``encode`` sorts texts by
+Evaluators accept either a lightembed :class:`~lightembed.encoder.Encoder` (or a stage) (its ``encode`` sorts texts by
 length, runs under ``inference_mode`` and takes ``precision="bfloat16"``) or any *duck-typed* encoder with
 ``encode(sentences, **kwargs) -> array`` (a ``SentenceTransformer``, an MTEB model, a function wrapped in a class).
 :class:`EncodeCache` wraps either so that a suite run encodes each distinct text once, whichever evaluators ask for it,
@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from lightembed.stages.base import EmbeddingModule
+from lightembed.encoder import TextEncoder
 
 
 @runtime_checkable
@@ -37,7 +37,7 @@ class EncodeCache:
     """Embed texts with ``encoder`` and keep every embedding, so each distinct text is encoded once.
 
     Args:
-        encoder: an :class:`EmbeddingModule` or any object with ``encode(texts)``.
+        encoder: an :class:`~lightembed.encoder.Encoder` or any object with ``encode(texts)``.
         batch_size: texts per forward pass (passed to lightembed modules only).
         precision: ``float32`` or ``bfloat16`` (lightembed modules only; others encode as they do).
         instruction: prefix for every text, excluded from pooling (lightembed modules only).
@@ -49,7 +49,7 @@ class EncodeCache:
 
     def __init__(
         self,
-        encoder: EmbeddingModule | Embedder,
+        encoder: TextEncoder | Embedder,
         batch_size: int = 64,
         precision: str = "float32",
         instruction: str | None = None,
@@ -68,7 +68,7 @@ class EncodeCache:
 
     def _encode_new(self, texts: list[str]) -> np.ndarray:
         start = time.perf_counter()
-        if isinstance(self.encoder, EmbeddingModule):
+        if isinstance(self.encoder, TextEncoder):
             out = self.encoder.encode(
                 texts, batch_size=self.batch_size, precision=self.precision, instruction=self.instruction
             )
@@ -108,7 +108,7 @@ class EncodeCache:
 
 
 def as_cache(
-    encoder: EmbeddingModule | Embedder | EncodeCache,
+    encoder: TextEncoder | Embedder | EncodeCache,
     batch_size: int = 64,
     precision: str = "float32",
     instruction: str | None = None,

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from lightembed.encoder import TextEncoder
 from lightembed.evaluation.encoding import to_numpy
-from lightembed.stages.base import EmbeddingModule
 
 PASSAGE_PROMPT_TYPES = ("passage", "document", "corpus")
 
@@ -59,7 +59,7 @@ class MTEBEncoder:
     """Wrap a lightembed encoder (or a model name for :func:`lightembed.load_encoder`) for ``mteb``.
 
     Args:
-        model: an :class:`EmbeddingModule` or a name (Hub id, folder, ``packaged:<name>``, ``.ckpt``).
+        model: an :class:`~lightembed.encoder.Encoder` or a name (Hub id, folder, ``packaged:<name>``, ``.ckpt``).
         batch_size: default texts per forward pass (``mteb``'s ``batch_size`` keyword wins when given).
         precision: ``float32`` or ``bfloat16``.
         instructions: task name -> instruction for that task's queries (excluded from pooling).
@@ -69,7 +69,7 @@ class MTEBEncoder:
 
     def __init__(
         self,
-        model: str | EmbeddingModule,
+        model: str | TextEncoder,
         batch_size: int = 64,
         precision: str = "float32",
         instructions: Mapping[str, str] | None = None,
@@ -85,7 +85,7 @@ class MTEBEncoder:
         self.precision = precision
         self.instructions = dict(instructions or {})
         self.default_instruction = default_instruction
-        self.name = name or str(model.hparams.get("model", "lightembed-model"))
+        self.name = name or model.settings.backbone
 
     def instruction_for(self, task_name: str | None, prompt_type: Any = None) -> str | None:
         """The instruction used for a task's texts: none for passages/documents."""
@@ -150,7 +150,7 @@ def _main_score(result: Any) -> Any:
 
 
 def run_mteb(
-    model: str | EmbeddingModule | MTEBEncoder,
+    model: str | TextEncoder | MTEBEncoder,
     tasks: Sequence[str],
     output_folder: str | Path = "mteb-results",
     **run_kwargs: Any,

@@ -7,6 +7,7 @@ one exists and the MTEB Hub copy of the task otherwise (those are already concat
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import PurePath
 
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
 from lightembed.data.sources import load_source, resolve_data_root, resolve_source
+from lightembed.encoder import TextEncoder
 from lightembed.evaluation.encoding import Embedder, EncodeCache
-from lightembed.stages.base import EmbeddingModule
 
 STS_COLUMNS = ("sentence1", "sentence2", "score")
 
@@ -68,12 +69,20 @@ def sts_name(source: str, split: str = "test") -> str:
 
 
 def parse_named_sources(
-    specs: list[str], split: str = "test", data_root: str | None = None, what: str = "STS"
+    specs: Sequence[str],
+    split: str = "test",
+    data_root: str | None = None,
+    what: str = "STS",
+    registry: Mapping[str, str] | None = None,
+    default_name: Callable[[str], str] | None = None,
 ) -> dict[str, str]:
-    """``["name=source", "source"]`` -> ``{name: source}``; unnamed sources get :func:`sts_name`.
+    """``["NAME=SOURCE", "REGISTERED", "SOURCE"]`` -> ``{name: source}``, for every ``[NAME=]SOURCE`` option.
 
-    The spec ``all`` (STS only) stands for the 7 tasks of :data:`STS_ALL` (see :func:`sts_all_sources`).
+    A spec found in ``registry`` stands for its registered source under that name; another unnamed source is named
+    by ``default_name`` (default :func:`sts_name` with ``split``). For STS the spec ``all`` stands for the 7 tasks of
+    :data:`STS_ALL` (see :func:`sts_all_sources`). Two sets with one name raise ``ValueError`` naming ``what``.
     """
+    registry = registry or {}
     named: dict[str, str] = {}
     expanded: list[str] = []
     for spec in specs:
@@ -84,7 +93,10 @@ def parse_named_sources(
     for spec in expanded:
         name, sep, source = spec.partition("=")
         if not sep:
-            name, source = sts_name(spec, split), spec
+            if spec in registry:
+                name, source = spec, registry[spec]
+            else:
+                name, source = (default_name(spec) if default_name else sts_name(spec, split)), spec
         if name in named:
             raise ValueError(f"two {what} sets are named {name!r}: name them explicitly with NAME=SOURCE")
         named[name] = source
@@ -92,7 +104,7 @@ def parse_named_sources(
 
 
 def sts_correlation(
-    encoder: EmbeddingModule | Embedder,
+    encoder: TextEncoder | Embedder,
     sentence1: list[str],
     sentence2: list[str],
     scores: torch.Tensor,
@@ -110,7 +122,7 @@ def sts_correlation(
         raise ValueError(f"STS set {name}: scores are constant (or fewer than 2 pairs), Spearman is undefined")
     texts = list(dict.fromkeys(sentence1 + sentence2))
     index = {text: i for i, text in enumerate(texts)}
-    if isinstance(encoder, EmbeddingModule):
+    if isinstance(encoder, TextEncoder):
         embeddings = encoder.encode(texts, batch_size=batch_size, precision=precision, instruction=instruction)
     else:
         cache = encoder if isinstance(encoder, EncodeCache) else EncodeCache(encoder)
@@ -123,7 +135,7 @@ def sts_correlation(
 
 
 def evaluate_sts(
-    encoder: EmbeddingModule | Embedder,
+    encoder: TextEncoder | Embedder,
     sources: dict[str, str],
     split: str = "test",
     data_root: str | None = None,

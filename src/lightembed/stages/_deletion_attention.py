@@ -139,7 +139,7 @@ def _unsupported(family: str, model_class: str, option: str) -> ValueError:
     )
 
 
-def check_config(config: PretrainedConfig, option: str = "model") -> None:
+def check_config(config: PretrainedConfig, option: str = "encoder.backbone") -> None:
     """Refuse, before loading any weights, a model family whose base model does not use the attention interface.
 
     Raises:
@@ -150,7 +150,7 @@ def check_config(config: PretrainedConfig, option: str = "model") -> None:
         raise _unsupported(config.model_type, model_class.__name__, option)
 
 
-def use_soft_deletion(model: PreTrainedModel, option: str = "model") -> None:
+def use_soft_deletion(model: PreTrainedModel, option: str = "encoder.backbone") -> None:
     """Switch ``model`` (a transformers model, or a PEFT wrapper of one) to :func:`soft_deletion_attention`.
 
     Checks that the family dispatches through ``ALL_ATTENTION_FUNCTIONS`` and then that a forward pass actually hands

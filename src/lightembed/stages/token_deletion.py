@@ -15,15 +15,20 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from transformers import AutoConfig
 
 from lightembed.backbones import resolve_model_path
+from lightembed.data.batches import Features, SentenceBatch
+from lightembed.encoder import MODEL_INPUTS, EncoderSettings
 from lightembed.losses import InBatchNegativesLoss
 from lightembed.pooling import pool
 from lightembed.stages._deletion_attention import KEEP_KWARG, check_config, use_soft_deletion
-from lightembed.stages.base import MODEL_INPUTS, EmbeddingModule
+from lightembed.stages.base import EmbeddingModule
+from lightembed.stages.optim import decay_groups, default_optimizer
+from lightembed.stages.simcse import two_views
 
 TEMPERATURE_SCHEDULES = ("exponential", "linear", "constant")
 MASKED_VIEWS = ("one", "both")
@@ -155,7 +160,7 @@ class TokenDeletionModule(EmbeddingModule):
 
     Inference: ``encode`` and validation run the encoder alone (the proxy is not used) unless
     ``inference_deletion=True``, which deletes (masks out of attention) the deletable tokens whose keep probability
-    ``σ(l)`` is at most ``keep_threshold``. Pooling is not changed by deletion: like the thesis, deletion acts on the
+    ``σ(l)`` is at most ``keep_threshold``. Pooling is not changed by deletion: deletion acts on the
     attention keys only.
 
     Logged each step: ``train/loss``, ``train/contrastive_loss``, ``train/deletion_penalty``, ``train/temperature``,
@@ -176,13 +181,16 @@ class TokenDeletionModule(EmbeddingModule):
         masked_views: ``one``: the first view is the plain (dropout) view; ``both``: both views are deleted.
         inference_deletion: at inference (eval mode), delete the tokens with keep probability <= ``keep_threshold``.
         keep_threshold: the inference threshold on ``σ(l)``, in [0, 1).
-        dropout: every dropout rate of the backbone; ``None`` keeps the model's own (the plain view's augmentation).
-        (other arguments: see :class:`~lightembed.stages.base.EmbeddingModule`)
+        optimizer, warmup_ratio, scheduler: see :class:`~lightembed.stages.base.EmbeddingModule` (the proxy's
+            parameter groups take ``proxy.lr``).
+
+    The encoder's ``dropout`` is every dropout rate of the backbone; ``None`` keeps the model's own (the plain
+    view's augmentation).
     """
 
     def __init__(
         self,
-        model: str = "packaged:all-MiniLM-L6-v2",
+        encoder: EncoderSettings,
         loss: nn.Module | None = None,
         proxy: ProxySettings | None = None,
         target_deletion_rate: float = 0.1,
@@ -194,7 +202,9 @@ class TokenDeletionModule(EmbeddingModule):
         masked_views: Literal["one", "both"] = "one",
         inference_deletion: bool = False,
         keep_threshold: float = 0.5,
-        **kwargs: Any,
+        optimizer: OptimizerCallable = default_optimizer,
+        warmup_ratio: float = 0.1,
+        scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
     ) -> None:
         if not 0.0 <= target_deletion_rate < 1.0:
             raise ValueError(f"target_deletion_rate must be in [0, 1), got {target_deletion_rate}")
@@ -213,7 +223,7 @@ class TokenDeletionModule(EmbeddingModule):
             raise ValueError(f"keep_threshold must be in [0, 1), got {keep_threshold}")
         if isinstance(proxy, dict):
             proxy = ProxySettings(**proxy)
-        super().__init__(model=model, **kwargs)
+        super().__init__(encoder, optimizer, warmup_ratio, scheduler)
         self.hparams["proxy"] = asdict(proxy) if proxy is not None else None  # plain values in hparams/checkpoints
         self.proxy_settings = proxy if proxy is not None else ProxySettings()
         self.loss = loss if loss is not None else InBatchNegativesLoss(temperature=0.05)
@@ -232,15 +242,15 @@ class TokenDeletionModule(EmbeddingModule):
     def configure_model(self) -> None:
         """Load the backbone, switch its attention to the soft-deletion function, and build the proxy (once each)."""
         if self.backbone is None:
-            check_config(AutoConfig.from_pretrained(resolve_model_path(self.model_name)), option="model")
+            check_config(AutoConfig.from_pretrained(resolve_model_path(self.settings.backbone)))
             super().configure_model()
-            use_soft_deletion(self.backbone, option="model")
+            use_soft_deletion(self.backbone)
         if self.proxy is None:
             embedding_dim = self.backbone.get_input_embeddings().embedding_dim
             initial_keep = min(max(1.0 - self.target_deletion_rate, 0.01), 0.99)
             self.proxy = KeepProxy(embedding_dim, self.proxy_settings, initial_keep).to(self.device)
 
-    def keep_logits(self, features: dict[str, Tensor]) -> Tensor:
+    def keep_logits(self, features: Features) -> Tensor:
         """The proxy's keep logits ``(B, L)`` for tokenised ``features`` (from the backbone's input embeddings)."""
         self.configure_model()
         embeddings = self.backbone.get_input_embeddings()(features["input_ids"])  # (B, L, E)
@@ -249,7 +259,7 @@ class TokenDeletionModule(EmbeddingModule):
         proxy_dtype = self.proxy.out.weight.dtype
         return self.proxy(embeddings.to(proxy_dtype), features["attention_mask"]).float()  # (B, L)
 
-    def deletable(self, features: dict[str, Tensor]) -> Tensor:
+    def deletable(self, features: Features) -> Tensor:
         """Which tokens may be deleted ``(B, L)`` bool: real (not padding) and not a special token."""
         ids = features["input_ids"]
         special = torch.isin(ids, self.special_ids.to(ids.device))  # (B, L)
@@ -266,27 +276,27 @@ class TokenDeletionModule(EmbeddingModule):
         rescue = torch.zeros_like(deletable).scatter_(1, best[:, None], True) & ~alive[:, None]  # (B, L)
         return torch.where(rescue, torch.ones_like(keep), keep)  # (B, L)
 
-    def sample_keep(self, features: dict[str, Tensor], logits: Tensor, temperature: float) -> Tensor:
+    def sample_keep(self, features: Features, logits: Tensor, temperature: float) -> Tensor:
         """A relaxed keep sample ``(B, L)`` for training: Gumbel-softmax on deletable tokens, 1 elsewhere."""
         soft = relaxed_keep(logits, temperature, self.hard)  # (B, L)
         return self._finish_keep(soft, logits, self.deletable(features), features["attention_mask"])
 
-    def threshold_keep(self, features: dict[str, Tensor]) -> Tensor:
+    def threshold_keep(self, features: Features) -> Tensor:
         """Hard inference keep ``(B, L)``: 0 for deletable tokens with ``σ(l) <= keep_threshold``, else 1."""
         logits = self.keep_logits(features)  # (B, L)
         keep = (torch.sigmoid(logits) > self.keep_threshold).float()  # (B, L)
         return self._finish_keep(keep, logits, self.deletable(features), features["attention_mask"])
 
-    def embed_with_keep(self, features: dict[str, Tensor], keep: Tensor | None) -> Tensor:
+    def embed_with_keep(self, features: Features, keep: Tensor | None) -> Tensor:
         """Encode and pool with keep values ``keep (B, L)`` weighting every token as an attention key -> ``(B, H)``."""
         self.configure_model()
         inputs = {k: features[k] for k in MODEL_INPUTS if k in features}
         if keep is not None:
             inputs[KEEP_KWARG] = keep
         hidden = self.backbone(**inputs).last_hidden_state  # (B, L, H)
-        return pool(hidden, features["attention_mask"], self.pooling, pool_mask=features.get("pool_mask"))
+        return pool(hidden, features["attention_mask"], self.settings.pooling, pool_mask=features.get("pool_mask"))
 
-    def embed(self, features: dict[str, Tensor]) -> Tensor:
+    def embed(self, features: Features) -> Tensor:
         """The encoder alone; in eval mode with ``inference_deletion``, after threshold deletion by the proxy."""
         if self.inference_deletion and not self.training:
             return self.embed_with_keep(features, self.threshold_keep(features))
@@ -302,7 +312,7 @@ class TokenDeletionModule(EmbeddingModule):
         progress = self.global_step / max(total - 1, 1) if total > 1 else 0.0
         return temperature_at(progress, self.temperature_start, self.temperature_end, self.temperature_schedule)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: SentenceBatch, batch_idx: int) -> Tensor:
         features = batch["text"]
         size = features["input_ids"].shape[0]
         temperature = self.temperature()
@@ -313,8 +323,9 @@ class TokenDeletionModule(EmbeddingModule):
             first_keep = self.sample_keep(features, logits, temperature)  # (B, L) an independent second sample
         else:
             first_keep = torch.ones_like(keep)  # (B, L) the plain view
-        stacked = {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in features.items()}  # (2B, L)
-        views = self.embed_with_keep(stacked, torch.cat([first_keep, keep]))  # (2B, H): rows i, B+i = sentence i
+        views = self.embed_with_keep(
+            two_views(features), torch.cat([first_keep, keep])
+        )  # (2B, H): rows i, B+i = sentence i
         first, second = views[:size], views[size:]  # (B, H), (B, H)
         ids = batch.get("text_ids")
         contrastive = self.loss(first, second, anchor_ids=ids, positive_ids=ids)
@@ -355,19 +366,20 @@ class TokenDeletionModule(EmbeddingModule):
                 logger.experiment.add_histogram("train/keep_prob", probs.float().cpu(), self.global_step)
 
     # -------------------------------------------------------------- optimiser
-    def _parameter_groups(self) -> list[dict[str, Any]]:
+    def parameter_groups(self) -> list[dict[str, Any]]:
         """Encoder groups (decay / no decay) at the optimizer's lr, proxy groups at ``proxy.lr``."""
         model = self.trainer.model if self._trainer is not None else self
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        named = list(model.named_parameters())
 
         def is_proxy(name: str) -> bool:
             parts = name.split(".")
             return "proxy" in parts and "backbone" not in parts
 
-        groups = []
-        for proxy in (False, True):
-            extra = {"lr": self.proxy_settings.lr} if proxy else {}
-            decay = [p for n, p in named if is_proxy(n) == proxy and p.ndim >= 2]
-            no_decay = [p for n, p in named if is_proxy(n) == proxy and p.ndim < 2]
-            groups += [{"params": decay, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra}]
-        return [group for group in groups if group["params"]]
+        encoder = decay_groups((n, p) for n, p in named if not is_proxy(n))
+        proxy = decay_groups(((n, p) for n, p in named if is_proxy(n)), lr=self.proxy_settings.lr)
+        return [group for group in encoder + proxy if group["params"]]
+
+    @property
+    def encoder_alone_is_exact(self) -> bool:
+        """With deletion at inference, embedding needs the proxy: the encoder alone would embed otherwise."""
+        return not self.inference_deletion

@@ -1,0 +1,384 @@
+"""Encoder: a backbone, its tokenizer, pooling and normalisation — the model a user embeds text with.
+
+The training stages hold an ``Encoder`` and keep the training concerns (loss, optimiser, validation) to themselves;
+``Encoder.from_pretrained`` loads any trained or pretrained one for inference, and ``save_pretrained`` writes the
+sentence-transformers folder that ``SentenceTransformer(folder)`` and ``Encoder.from_pretrained(folder)`` both read.
+
+>>> encoder = Encoder.from_pretrained("packaged:all-MiniLM-L6-v2")
+>>> encoder.encode(["a sentence", "another one"]).shape
+torch.Size([2, 384])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import Tensor, nn
+
+from lightembed.backbones import load_backbone, load_tokenizer, resolve_model_path
+from lightembed.data.batches import Features
+from lightembed.data.collators import PairCollator
+from lightembed.lora import LoRASettings, apply_lora, load_quantized, merge_into_base, save_adapter
+from lightembed.pooling import POOLING_STRATEGIES, pool
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+SETTINGS_FILE = "lightembed.json"  # written last into an export: pooling, normalize, max_length
+# Checkpoint keys a stage writes so an Encoder can be rebuilt from a Lightning checkpoint without the stage class.
+ENCODER_SETTINGS_KEY = "lightembed_encoder"
+FROZEN_BASE_KEY = "lightembed_frozen_base"  # an adapter-only checkpoint: its value is where the frozen weights are
+# lightembed pooling name -> the sentence-transformers Pooling config key that selects it.
+ST_POOLING_KEYS = {
+    "cls": "pooling_mode_cls_token",
+    "mean": "pooling_mode_mean_tokens",
+    "max": "pooling_mode_max_tokens",
+    "weighted_mean": "pooling_mode_weightedmean_tokens",
+    "last_token": "pooling_mode_lasttoken",
+}
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What evaluators need of a lightembed model: an :class:`Encoder`, or a training stage that holds one (its
+    ``encode`` embeds as the stage does, e.g. with token deletion at inference)."""
+
+    settings: EncoderSettings
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        normalize: bool | None = None,
+        precision: Literal["float32", "bfloat16"] = "float32",
+        instruction: str | None = None,
+    ) -> Tensor: ...
+
+
+@dataclass
+class EncoderSettings:
+    """The backbone and how it is loaded, pooled and (for training) adapted: the stage options that belong to the
+    encoder rather than to what a stage trains.
+
+    Attributes:
+        backbone: a Hub id, a local folder (an HF model or a lightembed/sentence-transformers export), or
+            ``packaged:<name>``.
+        pooling: one of ``cls``, ``mean``, ``max``, ``last_token``, ``weighted_mean``.
+        max_length: token limit per text (the data module takes the same value through a CLI link).
+        normalize: L2-normalise the output of ``encode`` and of an exported model.
+        dtype: weight dtype of the backbone (``float32``; ``bfloat16`` for bf16-true training).
+        bidirectional: for decoders, switch attention to bidirectional (``None`` keeps the family default).
+        dropout: every dropout rate of the backbone (hidden and attention); ``None`` keeps the model's own.
+        gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to save memory.
+        lora: train a LoRA adapter instead of every weight (``None``: full fine-tuning).
+        quantization: ``4bit`` loads the base with bitsandbytes NF4 (QLoRA; needs ``lora``).
+    """
+
+    backbone: str = "packaged:all-MiniLM-L6-v2"
+    pooling: str = "mean"
+    max_length: int = 128
+    normalize: bool = False
+    dtype: str = "float32"
+    bidirectional: bool | None = None
+    dropout: float | None = None
+    gradient_checkpointing: bool = False
+    lora: LoRASettings | None = None
+    quantization: Literal["none", "4bit"] = "none"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, Mapping):  # from YAML or a checkpoint's plain hyperparameters
+            self.lora = LoRASettings(**self.lora)
+        if self.pooling not in POOLING_STRATEGIES:
+            raise ValueError(
+                f"unknown pooling {self.pooling!r} (option `encoder.pooling`); choose one of {list(POOLING_STRATEGIES)}"
+            )
+        if self.max_length < 1:
+            raise ValueError(f"encoder.max_length must be >= 1, got {self.max_length}")
+        if self.quantization != "none" and self.dropout is not None:
+            raise ValueError("`encoder.dropout` is not supported with `quantization` yet: leave it unset for QLoRA")
+        if self.quantization != "none" and self.lora is None:
+            raise ValueError(
+                f"encoder.quantization={self.quantization!r} trains an adapter on a frozen base: also set "
+                "`encoder.lora`"
+            )
+
+    @classmethod
+    def of(cls, value: EncoderSettings | Mapping[str, Any]) -> EncoderSettings:
+        """Settings from an instance or from plain values (a checkpoint's hyperparameters, a YAML mapping)."""
+        return value if isinstance(value, EncoderSettings) else cls(**value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, so a checkpoint holding them loads with ``torch.load(weights_only=True)``."""
+        return dataclasses.asdict(self)
+
+
+class Encoder(nn.Module):
+    """Text -> embedding: ``backbone`` (a Hugging Face model, possibly with a LoRA adapter) + tokenizer + pooling.
+
+    The backbone is loaded by :meth:`build` (idempotent), so a training stage can defer it to Lightning's
+    ``configure_model`` (FSDP-safe); every other method builds it on first use.
+
+    Args:
+        settings: the backbone and how it is loaded and pooled.
+        tokenizer: the backbone's tokenizer; ``None`` loads it from ``settings.backbone``.
+    """
+
+    def __init__(self, settings: EncoderSettings, tokenizer: Any = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.backbone)
+        self.backbone: nn.Module | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> Encoder:
+        """Load an encoder from a Hub id, a local folder, a ``packaged:`` name or a Lightning ``.ckpt`` of any stage.
+
+        Settings not given are read from the model (a lightembed export, a sentence-transformers folder, or the
+        checkpoint); otherwise mean pooling, no normalisation, 512 tokens. Returned in eval mode.
+        """
+        given = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+        overrides = {k: v for k, v in given.items() if v is not None}
+        if model.endswith(".ckpt"):
+            encoder = _from_checkpoint(Path(resolve_model_path(model)), overrides)
+        else:
+            settings: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_length": 512}
+            local = Path(resolve_model_path(model))
+            if local.is_dir():
+                settings.update(folder_settings(local))
+            encoder = cls(EncoderSettings(backbone=model, **{**settings, **overrides}))
+            encoder.build()
+        if device is not None:
+            encoder.to(device)
+        return encoder.eval()
+
+    def build(self) -> None:
+        """Load the backbone once: quantized (QLoRA) or at ``dtype``, with a LoRA adapter and checkpointing if set."""
+        if self.backbone is not None:
+            return
+        s = self.settings
+        if s.quantization == "4bit":
+            backbone = load_quantized(s.backbone, compute_dtype="float32", bidirectional=s.bidirectional)
+        else:
+            backbone = load_backbone(s.backbone, dtype=s.dtype, bidirectional=s.bidirectional, dropout=s.dropout)
+        self.backbone = apply_lora(backbone, s.lora) if s.lora is not None else backbone
+        self.backbone.train(self.training)  # from_pretrained returns eval mode; dropout must follow the module
+        if s.gradient_checkpointing:
+            self.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def pooling(self) -> str:
+        return self.settings.pooling
+
+    @property
+    def normalize(self) -> bool:
+        return self.settings.normalize
+
+    @property
+    def max_length(self) -> int:
+        return self.settings.max_length
+
+    @property
+    def embedding_dim(self) -> int:
+        self.build()
+        return self.backbone.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        self.build()
+        return next(self.backbone.parameters()).device
+
+    # ------------------------------------------------------------------ embedding
+    def forward(self, features: Mapping[str, Tensor]) -> Tensor:
+        """Run the backbone on tokenised features and pool: ``(B, L)`` ids -> ``(B, H)`` embeddings."""
+        self.build()
+        inputs = {k: features[k] for k in MODEL_INPUTS if k in features}
+        hidden = self.backbone(**inputs).last_hidden_state  # (B, L, H)
+        return pool(hidden, features["attention_mask"], self.pooling, pool_mask=features.get("pool_mask"))
+
+    def tokenize(self, texts: Sequence[str], instruction: str | None = None) -> Features:
+        """Tokenise ``texts`` as training batches are (dynamic padding); an instruction is excluded from pooling."""
+        return PairCollator(self.tokenizer, self.max_length).encode_texts(list(texts), instruction)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        normalize: bool | None = None,
+        precision: Literal["float32", "bfloat16"] = "float32",
+        instruction: str | None = None,
+    ) -> Tensor:
+        """Embed texts: ``N`` strings -> ``(N, H)`` float32 tensor on CPU, in the input order.
+
+        Texts are sorted by their token count so each batch pads (almost) nothing, and run under
+        ``torch.inference_mode``; ``precision="bfloat16"`` runs under bf16 autocast. ``instruction`` is prefixed to
+        every text and excluded from pooling (instructed decoders, LLM2Vec).
+        """
+        return encode_texts(self, self, self.forward, texts, batch_size, normalize, precision, instruction)
+
+    # ------------------------------------------------------------------ export
+    def merged_backbone(self, adapter_folder: str | Path) -> nn.Module:
+        """The backbone as a plain model: a LoRA/QLoRA adapter is saved to ``adapter_folder`` and merged into the
+        full-precision base reloaded from disk (:func:`lightembed.lora.merge_into_base`); others as they are."""
+        self.build()
+        if not isinstance(self.backbone, PeftModel):
+            return self.backbone
+        save_adapter(self.backbone, adapter_folder)
+        base = self.backbone.peft_config[self.backbone.active_adapter].base_model_name_or_path
+        return merge_into_base(base, adapter_folder, bidirectional=self.settings.bidirectional)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write a sentence-transformers folder: HF weights + tokenizer, pooling, optional normalisation.
+
+        A LoRA backbone is written merged (its adapter is kept in ``<folder>/adapter`` for a next stage's
+        ``LoRASettings.init_from``). ``lightembed.json`` (pooling, normalize, max_length) is written last, so its
+        presence marks a complete export; the folder is also a plain HF model folder a next stage can start from.
+        Returns the folder.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.merged_backbone(folder / "adapter").save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.normalize:
+            modules.append(
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+            )
+            (folder / "2_Normalize").mkdir(exist_ok=True)
+        _write_json(folder / "modules.json", modules)
+        pooling = {key: name == self.pooling for name, key in ST_POOLING_KEYS.items()}
+        _write_json(
+            folder / "1_Pooling" / "config.json",
+            {"word_embedding_dimension": self.embedding_dim, **pooling, "pooling_mode_mean_sqrt_len_tokens": False},
+        )
+        _write_json(folder / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": False})
+        _write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": "cosine"})
+        _write_json(
+            folder / SETTINGS_FILE,
+            {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length},
+        )
+        return folder
+
+
+@torch.inference_mode()
+def encode_texts(
+    model: nn.Module,
+    encoder: Encoder,
+    embed: Callable[[Features], Tensor],
+    texts: Sequence[str],
+    batch_size: int = 64,
+    normalize: bool | None = None,
+    precision: str = "float32",
+    instruction: str | None = None,
+) -> Tensor:
+    """:meth:`Encoder.encode` with the embedding function ``embed`` of ``model`` (the encoder itself, or a stage that
+    embeds otherwise, e.g. with token deletion at inference), run in eval mode on length-sorted batches:
+    ``(N, H)`` float32 on CPU."""
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"encode: text #{i} is empty or not a string: {text!r}")
+    encoder.build()
+    normalize = encoder.normalize if normalize is None else normalize
+    prefix = instruction or ""
+    # One cheap pass (no padding, no tensors) for the token counts: sorting by characters leaves much more padding
+    # than sorting by tokens. Longest first, so a too-large batch fails at once.
+    counts = encoder.tokenizer([prefix + t for t in texts], truncation=True, max_length=encoder.max_length)
+    order = sorted(range(len(texts)), key=lambda i: -len(counts["input_ids"][i]))
+    was_training = model.training
+    model.eval()
+    device = encoder.device
+    chunks = []
+    try:
+        with _autocast(precision, device):
+            for start in range(0, len(order), batch_size):
+                batch = [texts[i] for i in order[start : start + batch_size]]
+                features = {k: v.to(device) for k, v in encoder.tokenize(batch, instruction).items()}
+                chunks.append(embed(features).float().cpu())
+    finally:
+        model.train(was_training)
+    if not chunks:
+        return torch.empty(0, encoder.embedding_dim)
+    sorted_embeddings = torch.cat(chunks).clone()  # (N, H) in length order; a normal tensor, not an inference one
+    embeddings = torch.empty_like(sorted_embeddings)
+    embeddings[torch.tensor(order)] = sorted_embeddings  # (N, H) back in input order
+    return F.normalize(embeddings, dim=-1) if normalize else embeddings
+
+
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision != "float32":
+        raise ValueError(f"unknown precision {precision!r}; choose float32 or bfloat16")
+    return contextlib.nullcontext()
+
+
+def folder_settings(folder: Path) -> dict[str, Any]:
+    """Pooling/normalize/max_length recorded in a lightembed export or a sentence-transformers folder."""
+    if (folder / SETTINGS_FILE).is_file():
+        return json.loads((folder / SETTINGS_FILE).read_text())
+    settings: dict[str, Any] = {}
+    pooling_config = folder / "1_Pooling" / "config.json"
+    if pooling_config.is_file():
+        config = json.loads(pooling_config.read_text())
+        chosen = [name for name, key in ST_POOLING_KEYS.items() if config.get(key)]
+        if len(chosen) == 1:
+            settings["pooling"] = chosen[0]
+    if (folder / "modules.json").is_file():
+        settings["normalize"] = "Normalize" in (folder / "modules.json").read_text()
+    bert_config = folder / "sentence_bert_config.json"
+    if bert_config.is_file():
+        settings["max_length"] = json.loads(bert_config.read_text()).get("max_seq_length", 512)
+    return settings
+
+
+def _from_checkpoint(path: Path, overrides: dict[str, Any]) -> Encoder:
+    """The encoder a stage's Lightning checkpoint holds: its settings and the ``encoder.``-prefixed weights.
+
+    An adapter-only checkpoint (a LoRA stage) holds the adapter alone: the frozen base is reloaded from the
+    settings' backbone first.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    saved = checkpoint.get(ENCODER_SETTINGS_KEY)
+    if saved is None:
+        raise ValueError(f"{path} is not a lightembed stage checkpoint (it has no {ENCODER_SETTINGS_KEY!r} entry)")
+    if not saved.get("encoder_alone_is_exact", True):
+        raise ValueError(
+            f"{path} was written by {saved.get('stage', 'a stage')} whose inference embedding needs more than the "
+            "encoder (e.g. token deletion at inference): load it with that stage's `load_from_checkpoint` instead"
+        )
+    settings = EncoderSettings.of({**saved["settings"], **overrides})
+    encoder = Encoder(settings)
+    encoder.build()
+    prefix = "encoder."
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if FROZEN_BASE_KEY in checkpoint:
+        trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
+        missing = [n for n in trainable if n not in state]
+        if missing:
+            raise KeyError(f"adapter-only checkpoint {path} lacks trainable weights {missing[:3]} (of {len(missing)})")
+        state = {**encoder.state_dict(), **state}
+    encoder.load_state_dict(state)
+    return encoder
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
