@@ -46,6 +46,7 @@ import torch  # noqa: E402
 from lightembed.api import load_encoder  # noqa: E402
 from lightembed.data.multi import MultiDatasetDataModule, PairSource, load_pairs  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
+from lightembed.encoder import EncoderSettings  # noqa: E402
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
 from lightembed.losses import AnglEObjectiveLoss  # noqa: E402
 from lightembed.mining import mine_hard_negatives, random_negatives  # noqa: E402
@@ -113,10 +114,8 @@ def build_sets(data_root: str, n_snli: int, n_sick: int, folder: Path) -> dict[s
 def train_and_test(files: dict[str, Path], batching: str, data_root: str) -> tuple[float, float]:
     L.seed_everything(SEED, verbose=False)
     module = ContrastiveModule(
-        model=MODEL,
+        EncoderSettings(backbone=MODEL, pooling="mean", max_length=MAX_LEN),
         loss=AnglEObjectiveLoss(),
-        pooling="mean",
-        max_length=MAX_LEN,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01),
         warmup_ratio=WARMUP,
     )

@@ -28,9 +28,13 @@ import torch  # noqa: E402
 
 from lightembed.api import load_encoder  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
+from lightembed.encoder import (  # noqa: E402
+    Encoder,
+    EncoderSettings,
+    TextEncoder,  # noqa: E402
+)
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
 from lightembed.pipeline import load_pipeline, run_pipeline  # noqa: E402
-from lightembed.stages import EmbeddingModule  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "configs" / "pipelines" / "llm2vec_smollm2.yaml"
@@ -39,7 +43,7 @@ TEST = {"stsb_test": "sts/stsb/test.jsonl"}
 RESULTS = Path(__file__).parent / "results" / "llm2vec_smollm2.json"
 
 
-def stsb_test(encoder: EmbeddingModule, data_root: str) -> float:
+def stsb_test(encoder: TextEncoder, data_root: str) -> float:
     [result] = evaluate_sts(encoder, TEST, data_root=data_root, batch_size=64)
     return round(result.spearman, 2)
 
@@ -62,7 +66,9 @@ def main() -> None:
     steps: dict[str, dict[str, float]] = json.loads(baselines_file.read_text()) if baselines_file.is_file() else {}
     for name, bidirectional in (("causal", False), ("bidirectional", True)):
         if name not in steps:
-            encoder = EmbeddingModule(model=MODEL, pooling="mean", max_length=128, bidirectional=bidirectional)
+            encoder = Encoder(
+                EncoderSettings(backbone=MODEL, pooling="mean", max_length=128, bidirectional=bidirectional)
+            )
             steps[name] = {"stsb_test": stsb_test(encoder, data_root)}
             baselines_file.parent.mkdir(parents=True, exist_ok=True)
             baselines_file.write_text(json.dumps(steps, indent=2) + "\n")

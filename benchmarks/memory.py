@@ -112,17 +112,20 @@ def worker(spec: dict, steps: int) -> dict:
     import torch
 
     from lightembed.data.collators import PairCollator
+    from lightembed.encoder import EncoderSettings
     from lightembed.losses import InBatchNegativesLoss
     from lightembed.stages import ContrastiveModule
 
     torch.manual_seed(0)
     module = ContrastiveModule(
-        model=spec["model"],
+        EncoderSettings(
+            backbone=spec["model"],
+            max_length=MAX_LEN,
+            pooling="mean",
+            gradient_checkpointing=spec["checkpointing"],
+            lora={"r": 16, "alpha": 32, "dropout": 0.05} if spec["lora"] else None,
+        ),
         loss=InBatchNegativesLoss(temperature=0.05),
-        max_length=MAX_LEN,
-        pooling="mean",
-        gradient_checkpointing=spec["checkpointing"],
-        lora={"r": 16, "alpha": 32, "dropout": 0.05} if spec["lora"] else None,
         micro_batch_size=spec["micro"],
     )
     module.configure_model()

@@ -54,6 +54,7 @@ from lightembed.api import load_encoder  # noqa: E402
 from lightembed.callbacks import WeightInterpolation  # noqa: E402
 from lightembed.data import PairDataModule  # noqa: E402
 from lightembed.data.sources import load_source, resolve_data_root  # noqa: E402
+from lightembed.encoder import EncoderSettings  # noqa: E402
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
 from lightembed.losses import AnglEObjectiveLoss, CoSENTLoss  # noqa: E402
 from lightembed.packaged import resolve_packaged  # noqa: E402
@@ -117,11 +118,8 @@ def train_lightembed(
     spent training. ``dropout`` overrides the backbone's dropout rates."""
     L.seed_everything(seed, verbose=False)
     module = ContrastiveModule(
-        model=MODEL,
+        EncoderSettings(backbone=MODEL, pooling="mean", max_length=MAX_LEN, dropout=dropout),
         loss=loss,
-        pooling="mean",
-        max_length=MAX_LEN,
-        dropout=dropout,
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01, fused=True),
         warmup_ratio=WARMUP,
         length_chunking=length_chunking,

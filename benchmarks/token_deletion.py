@@ -45,8 +45,12 @@ from lightembed.data import CorpusDataModule  # noqa: E402
 from lightembed.data.collators import PairCollator  # noqa: E402
 from lightembed.data.corpus import read_wikitext_lines  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
+from lightembed.encoder import (
+    EncoderSettings,  # noqa: E402
+    TextEncoder,  # noqa: E402
+)
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
-from lightembed.stages import EmbeddingModule, ProxySettings, SimCSEModule, TokenDeletionModule  # noqa: E402
+from lightembed.stages import ProxySettings, SimCSEModule, TokenDeletionModule  # noqa: E402
 
 MODEL = "packaged:all-MiniLM-L6-v2"
 CORPUS, TEST = "corpus/wikitext-2/test.txt", "sts/stsb/test.jsonl"
@@ -93,7 +97,7 @@ def wikitext_sentences(data_root: str, count: int) -> list[str]:
     return sentences
 
 
-def stsb_test(model: EmbeddingModule, data_root: str) -> float:
+def stsb_test(model: TextEncoder, data_root: str) -> float:
     [result] = evaluate_sts(model, {"stsb_test": TEST}, data_root=data_root, batch_size=128)
     return round(result.spearman, 2)
 
@@ -162,9 +166,7 @@ def run_proxy(proxy_lr: float, corpus: Path, sentences: list[str], data_root: st
     L.seed_everything(SEED, verbose=False)
     start, end, schedule = PROXY["tau"]
     module = TokenDeletionModule(
-        model=MODEL,
-        max_length=MAX_LEN,
-        dropout=DROPOUT,
+        EncoderSettings(backbone=MODEL, max_length=MAX_LEN, dropout=DROPOUT),
         optimizer=optimizer,
         warmup_ratio=WARMUP,
         proxy=ProxySettings(lr=proxy_lr),
@@ -206,7 +208,9 @@ def main() -> None:
 
         L.seed_everything(SEED, verbose=False)
         simcse = SimCSEModule(
-            model=MODEL, max_length=MAX_LEN, dropout=DROPOUT, optimizer=optimizer, warmup_ratio=WARMUP
+            EncoderSettings(backbone=MODEL, max_length=MAX_LEN, dropout=DROPOUT),
+            optimizer=optimizer,
+            warmup_ratio=WARMUP,
         )
         timer = train(simcse, corpus, data_root)
         runs["dropout_simcse"] = {

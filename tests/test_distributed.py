@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from lightembed import distributed
 from lightembed.encoder import EncoderSettings
-from lightembed.losses import AnglELoss, AngleLoss, CoSENTLoss, InBatchNegativesLoss
+from lightembed.losses import AngleDifferenceLoss, AnglEObjectiveLoss, CoSENTLoss, InBatchNegativesLoss
 
 WORLD = 2
 SIZES = [3, 5]  # rows on rank 0 and rank 1
@@ -41,9 +41,9 @@ LOSS_CASES = {
     "in-batch-symmetric-ignore-ids": (lambda: InBatchNegativesLoss(symmetric=True, duplicates="ignore"), False, False),
     "cosent-labels": (lambda: CoSENTLoss(), False, True),
     "cosent-triplets": (lambda: CoSENTLoss(), True, False),
-    "angle-labels": (lambda: AngleLoss(), False, True),
-    "angle-combination-labels": (lambda: AnglELoss(), False, True),
-    "angle-combination-triplets": (lambda: AnglELoss(), True, False),
+    "angle-labels": (lambda: AngleDifferenceLoss(), False, True),
+    "angle-combination-labels": (lambda: AnglEObjectiveLoss(), False, True),
+    "angle-combination-triplets": (lambda: AnglEObjectiveLoss(), True, False),
 }
 STAGE_CASES = ["contrastive-gather", "contrastive-gather-gradcache", "simcse-gather-gradcache"]
 ROWS = [  # rank 0 takes the first 3 rows, rank 1 the other 5; duplicates inside a rank's rows and across ranks

@@ -8,7 +8,7 @@ from lightembed.data import PairDataModule
 from lightembed.data.collators import PairCollator, SentenceCollator
 from lightembed.encoder import EncoderSettings
 from lightembed.gradcache import split_features
-from lightembed.losses import AnglELoss, AngleLoss, CoSENTLoss, InBatchNegativesLoss
+from lightembed.losses import AngleDifferenceLoss, AnglEObjectiveLoss, CoSENTLoss, InBatchNegativesLoss
 from lightembed.stages import ContrastiveModule, SimCSEModule
 from lightembed.stages.batch_embedding import GradCacheEmbedding
 
@@ -65,9 +65,9 @@ def _assert_same(reference, cached):
 LOSSES = {
     "cosent-labels": (CoSENTLoss, True),
     "in-batch-hard-negatives": (lambda: InBatchNegativesLoss(symmetric=True), False),
-    "angle-triplets": (AngleLoss, False),
-    "angle-combination": (AnglELoss, True),
-    "angle-combination-triplets": (AnglELoss, False),
+    "angle-triplets": (AngleDifferenceLoss, False),
+    "angle-combination": (AnglEObjectiveLoss, True),
+    "angle-combination-triplets": (AnglEObjectiveLoss, False),
 }
 
 

@@ -12,7 +12,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightembed.data.collators import PairCollator
 from lightembed.encoder import EncoderSettings
 from lightembed.length_chunks import embed_by_length, plan_chunks, right_padded
-from lightembed.losses import AnglELoss
+from lightembed.losses import AnglEObjectiveLoss
 from lightembed.pooling import POOLING_STRATEGIES
 from lightembed.stages import ContrastiveModule
 from lightembed.strategies import FSDP2Strategy
@@ -167,7 +167,7 @@ def test_a_chunked_training_step_gives_the_loss_and_gradients_of_the_plain_one(t
         torch.manual_seed(0)
         module = ContrastiveModule(
             EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.0),
-            loss=AnglELoss(),
+            loss=AnglEObjectiveLoss(),
             length_chunking=length_chunking,
         )
         module.configure_model()

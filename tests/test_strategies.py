@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from lightembed.data.collators import PairCollator
 from lightembed.encoder import EncoderSettings
-from lightembed.losses import AnglELoss
+from lightembed.losses import AnglEObjectiveLoss
 from lightembed.stages import ContrastiveModule
 from lightembed.strategies import FSDP2Strategy, LayerFSDPStrategy
 
@@ -64,7 +64,7 @@ class ShardData(L.LightningDataModule):
 def _module(bert_dir: str, micro: int | None, gather: bool) -> ContrastiveModule:
     return ContrastiveModule(
         EncoderSettings(backbone=bert_dir, max_length=32, dropout=0.0),
-        loss=AnglELoss(),
+        loss=AnglEObjectiveLoss(),
         optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01),
         micro_batch_size=micro,
         gather_across_devices=gather,

@@ -8,7 +8,7 @@ import torch
 
 from lightembed.data import PairDataModule
 from lightembed.encoder import Encoder, EncoderSettings
-from lightembed.losses import AnglELoss, CoSENTLoss
+from lightembed.losses import AnglEObjectiveLoss, CoSENTLoss
 from lightembed.stages import ContrastiveModule
 
 
@@ -40,7 +40,7 @@ def _trainer(tmp_path, **kwargs) -> L.Trainer:
     )
 
 
-@pytest.mark.parametrize("loss", [AnglELoss(), CoSENTLoss()], ids=["angle", "cosent"])
+@pytest.mark.parametrize("loss", [AnglEObjectiveLoss(), CoSENTLoss()], ids=["angle", "cosent"])
 def test_fit_logs_sts_metrics_and_changes_weights(tiny_bert_dir, sts_file, tmp_path, loss):
     L.seed_everything(0)
     module = _module(tiny_bert_dir, loss=loss)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lightembed import distributed
 from lightembed.data.batches import PairBatch
 from lightembed.encoder import EncoderSettings
-from lightembed.losses import AnglELoss
+from lightembed.losses import AnglEObjectiveLoss
 from lightembed.stages.base import EmbeddingModule
 from lightembed.stages.batch_embedding import batch_embedding
 from lightembed.stages.optim import default_optimizer
@@ -59,7 +59,7 @@ class ContrastiveModule(EmbeddingModule):
     ) -> None:
         super().__init__(encoder, optimizer, warmup_ratio, scheduler)
         self.batch_embedding = batch_embedding(micro_batch_size, length_chunking)
-        self.loss = loss if loss is not None else AnglELoss()
+        self.loss = loss if loss is not None else AnglEObjectiveLoss()
         self.gather_across_devices = gather_across_devices
 
     def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor:
