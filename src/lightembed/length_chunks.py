@@ -1,18 +1,18 @@
 """Embed a training step's texts in length-sorted chunks, each padded only to its own longest text.
 
-A random batch pads every text to the batch's longest: on STS-B (batch 16) about half the tokens a forward pass
-computes are padding. Length-grouped batches remove most of it but change which texts share a batch, which a
-contrastive loss sees (on STS-B it costs about 0.5 Spearman: the ranking within a batch no longer mixes sources).
-Chunking keeps the batch and removes padding inside it: the texts of every field (anchor, positive, negative) are
-sorted by length and embedded in a few chunks, each cut to its own longest text; the embeddings are put back in
-order and the loss sees exactly the batch it would have seen. With right padding a text's embedding does not depend
-on how far it is padded, so the embeddings equal the per-field ones up to float rounding; only dropout draws other
-masks (the rows meet the random stream in another order).
+A random batch pads every text to the batch's longest, so on short-sentence data a large share of the tokens a
+forward pass computes are padding. Length-grouped batches remove most of it but change which texts share a batch,
+which a contrastive loss sees (the ranking within a batch no longer mixes sources). Chunking keeps the batch and
+removes padding inside it: the texts of every field (anchor, positive, negative) are sorted by length and embedded
+in a few chunks, each cut to its own longest text; the embeddings are put back in order and the loss sees exactly
+the batch it would have seen. With right padding a text's embedding does not depend on how far it is padded, so the
+embeddings equal the per-field ones up to float rounding; only dropout draws other masks (the rows meet the random
+stream in another order).
 
 Where to cut is a small optimisation (:func:`plan_chunks`): a chunk costs its padded tokens ``rows × longest`` plus a
 fixed ``overhead`` (in tokens) for one more forward call, whose smaller matrix products run less efficiently. The
-overhead is a property of the hardware: on 2 CPU cores with all-MiniLM-L6-v2, 64-320 tokens all give about 1.4x
-faster forward and backward passes than one forward per field on random STS-B batches; a GPU wants a larger value.
+overhead is a property of the hardware (a GPU wants a larger value than a CPU); the measured speed-ups are in
+``benchmarks/results/stsb_angle.json``.
 """
 
 from __future__ import annotations
