@@ -1,15 +1,16 @@
 """The ``lightembed`` command.
 
 * ``lightembed fit|validate|test --config ...``: LightningCLI over any stage (``model.class_path``) and data module
-  (``data.class_path``); the tokenizer and max length of the data module are linked to the model's, never repeated.
-  After ``fit``, the best checkpoint is tested on the data module's test sets when it has any.
+  (``data.class_path``), see :mod:`lightembed.fit`.
+* ``lightembed pipeline FILE``: an ordered chain of stages with hand-off, resume and a manifest
+  (:mod:`lightembed.pipeline`).
 * ``lightembed evaluate MODEL [--suite ...] [--sts ...] [--classification ...] [--clustering ...]``: STS,
   SentEval classification, clustering (and MTEB) tables for any model (Hub id, folder, ``packaged:`` name, ``.ckpt``)
   and a JSON report with the provenance of every score (:mod:`lightembed.evaluation.commands`).
 * ``lightembed analyze layers|prefix|pca``: LLM2Vec analyses (causal vs bidirectional states, shared-prefix test)
   and PCA pictures of class separation.
 * ``lightembed mine-negatives MODEL --input SOURCE --output FILE``: hard negatives for (anchor, positive) pairs,
-  written as a triplet jsonl with provenance (:mod:`lightembed.mining`).
+  written as a triplet jsonl with provenance (:mod:`lightembed.mining.command`).
 """
 
 from __future__ import annotations
@@ -17,54 +18,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import lightning as L
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-
-import lightembed.strategies  # noqa: F401  (registers the `fsdp2` and `fsdp_blocks` strategy names)
+from lightembed.fit import LightembedCLI, build_cli
 from lightembed.pipeline import pipeline_main
-from lightembed.stages.base import EmbeddingModule
 
-
-class LightembedCLI(LightningCLI):
-    """LightningCLI with lightembed's argument links and a test pass on the best checkpoint after ``fit``."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("model.init_args.model", "data.init_args.tokenizer")
-        parser.link_arguments("model.init_args.max_length", "data.init_args.max_length")
-
-    def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        try:
-            return super().instantiate_trainer(**kwargs)
-        except ValueError as error:  # Lightning's `fsdp` (FSDP1) refuses CPUs: point at the strategy that runs there
-            if "fsdp" not in str(error) or "GPU" not in str(error):
-                raise
-            raise ValueError(
-                f"{error} On CPUs use FSDP2 instead: `--trainer.strategy fsdp2` (or configs/trainer/fsdp2.yaml), "
-                "or DDP: `--trainer.strategy ddp`."
-            ) from error
-
-    def after_fit(self) -> None:
-        if getattr(self.datamodule, "test_sources", None) and not self.trainer.fast_dev_run:
-            ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
-            fit_metrics = dict(self.trainer.callback_metrics)
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
-            # keep the fit's train/val metrics beside the test ones (the test pass resets callback_metrics)
-            for name, value in fit_metrics.items():
-                self.trainer.callback_metrics.setdefault(name, value)
-
-
-def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LightembedCLI:
-    """Build (and by default run) the LightningCLI; ``run=False`` only parses and instantiates (used by tests)."""
-    return LightembedCLI(
-        EmbeddingModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=list(args) if args is not None else None,
-        run=run,
-    )
+__all__ = ["COMMANDS", "LightembedCLI", "build_cli", "cli_main"]
 
 
 def evaluate_main(argv: Sequence[str]) -> dict:
@@ -85,8 +42,8 @@ def analyze_main(argv: Sequence[str]) -> dict:
 
 
 def mine_negatives_main(argv: Sequence[str]) -> dict:
-    """``lightembed mine-negatives``: see :func:`lightembed.mining.mine_negatives_main`."""
-    from lightembed.mining import mine_negatives_main as main
+    """``lightembed mine-negatives``: see :func:`lightembed.mining.command.mine_negatives_main`."""
+    from lightembed.mining.command import mine_negatives_main as main
 
     return main(argv)
 

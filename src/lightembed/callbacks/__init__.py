@@ -1,7 +1,8 @@
-"""Lightning callbacks: export to a sentence-transformers folder, LoRA hand-off between stages, WiSE-FT."""
+"""Lightning callbacks: export to a sentence-transformers folder (the hand-off between pipeline stages: a LoRA
+adapter is merged on export and the next stage starts a fresh one), exact resume, WiSE-FT."""
 
-from lightembed.callbacks.export import ExportCallback, export_sentence_transformers
+from lightembed.callbacks.export import ExportCallback
 from lightembed.callbacks.interpolation import WeightInterpolation
-from lightembed.callbacks.lora_handoff import LoRAHandoff
+from lightembed.callbacks.resume import ResumeCheckpoint
 
-__all__ = ["ExportCallback", "LoRAHandoff", "WeightInterpolation", "export_sentence_transformers"]
+__all__ = ["ExportCallback", "ResumeCheckpoint", "WeightInterpolation"]

@@ -1,0 +1,76 @@
+"""``lightembed fit|validate|test``: LightningCLI over any stage and data module, with lightembed's argument links.
+
+The tokenizer and max length of the data module are linked to the stage's backbone options, never repeated in YAML;
+after ``fit`` the best checkpoint is tested on the data module's test sets when it has any. The pipeline runs its
+stages through :func:`build_cli`, the same code path as the command line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import lightembed.strategies  # noqa: F401  (registers the `fsdp2` and `fsdp_blocks` strategy names)
+from lightembed.stages.base import EmbeddingModule
+
+BACKBONE_OPTION = "model.init_args.encoder.backbone"
+"""The stage option naming the backbone (Hub id, folder, ``packaged:`` name); the pipeline pins it per stage."""
+MAX_LENGTH_OPTION = "model.init_args.encoder.max_length"
+"""The stage option holding the token limit, linked to the data module's ``max_length``."""
+ADAPTER_INIT_OPTION = "model.init_args.encoder.lora.init_from"
+"""The stage option that continues a saved LoRA adapter instead of starting a fresh one."""
+
+
+def option_value(config: Mapping[str, Any], option: str) -> Any:
+    """The value of a dotted LightningCLI option in a parsed config dict (``None`` when a level is missing)."""
+    value: Any = config
+    for key in option.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+class LightembedCLI(LightningCLI):
+    """LightningCLI with lightembed's argument links and a test pass on the best checkpoint after ``fit``."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(BACKBONE_OPTION, "data.init_args.tokenizer")
+        parser.link_arguments(MAX_LENGTH_OPTION, "data.init_args.max_length")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except ValueError as error:  # Lightning's `fsdp` (FSDP1) refuses CPUs: point at the strategy that runs there
+            if "fsdp" not in str(error) or "GPU" not in str(error):
+                raise
+            raise ValueError(
+                f"{error} On CPUs use FSDP2 instead: `--trainer.strategy fsdp2` (or configs/trainer/fsdp2.yaml), "
+                "or DDP: `--trainer.strategy ddp`."
+            ) from error
+
+    def after_fit(self) -> None:
+        if getattr(self.datamodule, "test_sources", None) and not self.trainer.fast_dev_run:
+            ckpt = "best" if getattr(self.trainer.checkpoint_callback, "best_model_path", "") else None
+            fit_metrics = dict(self.trainer.callback_metrics)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+            # keep the fit's train/val metrics beside the test ones (the test pass resets callback_metrics)
+            for name, value in fit_metrics.items():
+                self.trainer.callback_metrics.setdefault(name, value)
+
+
+def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LightembedCLI:
+    """Build (and by default run) the LightningCLI; ``run=False`` only parses and instantiates (used by tests)."""
+    return LightembedCLI(
+        EmbeddingModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        args=list(args) if args is not None else None,
+        run=run,
+    )

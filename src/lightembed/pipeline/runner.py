@@ -1,0 +1,294 @@
+"""Run the stages of a pipeline in order: plan (skip / resume / run), hand off exports, record the manifest.
+
+Stages run in this process through :func:`lightembed.fit.build_cli`, the code path of ``lightembed fit``. See
+:mod:`lightembed.pipeline` for the folder layout and the resume rules.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+from lightembed.backbones import resolve_model_path
+from lightembed.callbacks.resume import ResumeCheckpoint, export_callback
+from lightembed.encoder import SETTINGS_FILE
+from lightembed.fit import BACKBONE_OPTION, build_cli
+from lightembed.packaged import is_packaged
+from lightembed.pipeline.lock import output_lock
+from lightembed.pipeline.manifest import Manifest, export_complete, fingerprint_data, now, stage_fingerprint
+from lightembed.pipeline.spec import INIT_FROM, PipelineError, PipelineSpec, StageSpec, load_pipeline
+from lightembed.provenance import git_commit
+
+RESUME_DIR = "resume"
+"""Sub-folder of a stage's run folder holding the epoch-end ``last.ckpt``."""
+EXPORT_DIR = "export"
+ADAPTER_DIR = "adapter"
+"""Sub-folder of an export holding a LoRA stage's adapter (read by ``init_adapter_from_previous``)."""
+
+
+def _is_rank_zero() -> bool:
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _input_model(spec: PipelineSpec, index: int, previous_export: Path | None) -> str:
+    """The stage's input: the pipeline's ``model`` for the first stage, else the previous stage's export folder."""
+    stage = spec.stages[index]
+    if previous_export is not None:
+        return str(previous_export)
+    try:
+        resolved = resolve_model_path(spec.model)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"pipeline {spec.name!r}, stage {stage.name!r}: input model {spec.model!r} not found ({err})"
+        ) from err
+    if is_packaged(spec.model) or not Path(resolved).exists():
+        return spec.model  # packaged name or Hub id, passed on as written
+    return str(Path(resolved).resolve())  # a local folder, absolute: the manifest says exactly what was read
+
+
+def _check_input_folder(spec: PipelineSpec, index: int, previous: str, folder: Path, dry_run: bool) -> None:
+    stage = spec.stages[index]
+    if dry_run:
+        return
+    if not export_complete(folder):
+        raise FileNotFoundError(
+            f"pipeline {spec.name!r}, stage {stage.name!r}: input folder {str(folder)!r} (the export of stage "
+            f"{previous!r}) is missing or incomplete (no {SETTINGS_FILE})"
+        )
+    if stage.init_adapter_from_previous and not (folder / ADAPTER_DIR).is_dir():
+        raise FileNotFoundError(
+            f"pipeline {spec.name!r}, stage {stage.name!r}: init_adapter_from_previous is set but stage "
+            f"{previous!r} left no adapter folder {str(folder / ADAPTER_DIR)!r} (was it a LoRA stage?)"
+        )
+
+
+def stage_argv(
+    spec: PipelineSpec, stage: StageSpec, input_model: str, previous_export: Path | None, ckpt: Path | None = None
+) -> list[str]:
+    """The ``lightembed fit`` arguments of a stage: its configs and args, then what the pipeline pins."""
+    run_dir = spec.output_dir / stage.name
+    resume = {
+        "class_path": f"{ResumeCheckpoint.__module__}.{ResumeCheckpoint.__name__}",
+        "init_args": {"dirpath": str(run_dir / RESUME_DIR)},
+    }
+    argv = ["fit"]
+    for config in stage.configs:
+        argv += ["--config", str(config)]
+    argv += list(stage.args)
+    argv += [
+        f"--{BACKBONE_OPTION}",
+        input_model,
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.logger.init_args.save_dir={spec.output_dir}",
+        f"--trainer.logger.init_args.name={stage.name}",
+        "--trainer.logger.init_args.version=",  # run folder = <save_dir>/<name>/, no version_N level
+        f"--trainer.callbacks+={json.dumps(resume)}",
+    ]
+    if spec.seed is not None:
+        argv.append(f"--seed_everything={spec.seed}")
+    if stage.init_adapter_from_previous:
+        assert previous_export is not None  # checked by the parser: the first stage cannot set it
+        argv.append(f"{INIT_FROM}={previous_export / ADAPTER_DIR}")
+    if ckpt is not None:
+        argv.append(f"--ckpt_path={ckpt}")
+    return argv
+
+
+def _export_folder(trainer: L.Trainer) -> Path:
+    folder = export_callback(trainer).folder
+    return Path(folder or Path(trainer.log_dir or trainer.default_root_dir) / EXPORT_DIR).resolve()
+
+
+def _metrics(trainer: L.Trainer) -> dict[str, float]:
+    """``trainer.callback_metrics`` as floats (scalars only)."""
+    metrics = {}
+    for key, value in trainer.callback_metrics.items():
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            metrics[key] = float(value.item())
+        elif isinstance(value, int | float):
+            metrics[key] = float(value)
+    return metrics
+
+
+def _plan(record: dict, fingerprint: str, upstream_ran: bool, run_dir: Path) -> tuple[str, Path | None]:
+    """``("skip" | "resume" | "run", checkpoint)`` for one stage, from its manifest record and run folder."""
+    ckpt = run_dir / RESUME_DIR / ResumeCheckpoint.FILENAME
+    unchanged = record.get("fingerprint") == fingerprint and not upstream_ran
+    if unchanged and record.get("status") == "done" and record.get("output") and export_complete(record["output"]):
+        return "skip", None
+    if unchanged and ckpt.exists():  # a folder under sharded strategies
+        return "resume", ckpt
+    return "run", None
+
+
+def _move_aside(run_dir: Path) -> Path | None:
+    """Rename a non-empty run folder to ``<name>.stale-<time>`` so a fresh run cannot mix with it."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return None
+    target = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        target = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        n += 1
+    run_dir.rename(target)
+    return target
+
+
+def _say(message: str) -> None:
+    if _is_rank_zero():
+        print(message, flush=True)
+
+
+def _run_stage(argv: list[str], stage: str) -> Any:
+    """``lightembed fit`` in this process; returns the LightningCLI (its trainer holds steps and metrics)."""
+    try:
+        with warnings.catch_warnings():
+            # under `lightembed pipeline`, sys.argv holds the pipeline command; it must stay (DDP relaunches it)
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            return build_cli(argv)
+    except SystemExit as err:
+        if err.code != 2:  # 2: the parser rejected the arguments; 1: Lightning after Ctrl-C
+            raise
+        raise PipelineError(
+            f"stage {stage!r}: LightningCLI rejected the stage's configs/args (its message is above). Besides them the "
+            f"pipeline passes --{BACKBONE_OPTION}, --trainer.default_root_dir, "
+            "--trainer.logger.init_args.{save_dir,name,version} and a ResumeCheckpoint callback, so the trainer "
+            "config needs a logger with save_dir, name and version (TensorBoardLogger or CSVLogger, as in "
+            "configs/trainer/cpu.yaml)"
+        ) from err
+
+
+def _evaluate(spec: PipelineSpec, model: Path) -> dict[str, Any]:
+    from lightembed.api import load_encoder
+    from lightembed.data.sources import source_fingerprint
+    from lightembed.evaluation.sts import evaluate_sts, format_table, parse_named_sources
+
+    ev = spec.evaluate
+    assert ev is not None
+    sources = parse_named_sources(list(ev.sts), ev.split)
+    encoder = load_encoder(str(model))
+    results = evaluate_sts(
+        encoder,
+        sources,
+        split=ev.split,
+        data_root=ev.data_root,
+        batch_size=ev.batch_size,
+        instruction=ev.instruction,
+    )
+    _say(f"pipeline {spec.name}: STS of {model}\n{format_table(results)}")
+    return {
+        "model": str(model),
+        "split": ev.split,
+        "instruction": ev.instruction,
+        "sts": {r.name: r.to_dict() for r in results},
+        "data": {name: source_fingerprint(src, ev.split, ev.data_root) for name, src in sources.items()},
+        "finished_at": now(),
+    }
+
+
+def run_pipeline(spec: PipelineSpec | str | Path, output_dir: str | Path | None = None, dry_run: bool = False) -> dict:
+    """Run (or with ``dry_run`` only plan and print) the stages of a pipeline; returns the manifest as a dict."""
+    if not isinstance(spec, PipelineSpec):
+        spec = load_pipeline(spec, output_dir)
+    elif output_dir is not None:
+        raise ValueError("output_dir is for pipeline files; set PipelineSpec.output_dir instead")
+    _input_model(spec, 0, None)  # a missing first input fails here, before the output folder is made
+    if dry_run or not _is_rank_zero():  # DDP ranks > 0 re-run the command while rank 0 holds the lock
+        return _run(spec, dry_run)
+    with output_lock(spec.output_dir):
+        return _run(spec, dry_run)
+
+
+def _run(spec: PipelineSpec, dry_run: bool) -> dict:
+    rank_zero = _is_rank_zero()
+    manifest = Manifest(spec, write=rank_zero and not dry_run)
+    commit = git_commit()
+    previous_export: Path | None = None
+    upstream_ran = False
+    for index, stage in enumerate(spec.stages):
+        if previous_export is not None:
+            _check_input_folder(spec, index, spec.stages[index - 1].name, previous_export, dry_run)
+        input_model = _input_model(spec, index, previous_export)
+        run_dir = spec.output_dir / stage.name
+        record = manifest.stage(stage.name)
+        fingerprint = stage_fingerprint(spec, stage, input_model)
+        action, ckpt = _plan(record, fingerprint, upstream_ran, run_dir)
+        argv = stage_argv(spec, stage, input_model, previous_export, ckpt)
+        if dry_run:
+            note = " (old run folder would be moved aside)" if action == "run" and run_dir.is_dir() else ""
+            _say(f"[{stage.name}] {action}{note}\n  lightembed {' '.join(argv)}")
+            previous_export = Path(record["output"]) if action == "skip" else run_dir / EXPORT_DIR
+            upstream_ran |= action != "skip"
+            continue
+        if action == "skip":
+            _say(f"pipeline {spec.name}: stage {stage.name} is done, skipping ({record['output']})")
+            previous_export = Path(record["output"])
+            continue
+        upstream_ran = True
+        manifest.data["evaluation"] = None  # it described the old final model
+        if action == "run" and rank_zero:
+            moved = _move_aside(run_dir)
+            if moved is not None:
+                _say(f"pipeline {spec.name}: stage {stage.name} starts over; old run folder moved to {moved}")
+        _say(f"pipeline {spec.name}: stage {stage.name} {'resumes from ' + str(ckpt) if ckpt else 'starts'}")
+        record = {
+            "status": "running",
+            "input_model": input_model,
+            "output": None,
+            "run_dir": str(run_dir),
+            "argv": ["lightembed", *argv],
+            "fingerprint": fingerprint,
+            "resumed_from": str(ckpt) if ckpt else None,
+            "attempts": record.get("attempts", 1) + 1 if ckpt else 1,
+            "git_commit": commit,
+            "seed": spec.seed,
+            "started_at": now(),
+        }
+        manifest.data["stages"][stage.name] = record
+        manifest.save()
+        start = time.perf_counter()
+        try:
+            cli = _run_stage(argv, stage.name)
+            trainer = cli.trainer
+            export = _export_folder(trainer)
+            if not export_complete(export):
+                raise PipelineError(f"stage {stage.name!r} finished but its export folder {export} is incomplete")
+        except BaseException as err:
+            record.update(status="failed", error=f"{type(err).__name__}: {err}", finished_at=now())
+            manifest.save()
+            raise
+        config_file = Path(trainer.log_dir or run_dir) / "config.yaml"
+        config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
+        record.update(
+            status="done",
+            output=str(export),
+            config_file=str(config_file) if config_file.is_file() else None,
+            config=config,
+            seed=config.get("seed_everything", spec.seed),
+            data=fingerprint_data(config),
+            steps=int(trainer.global_step),
+            metrics=_metrics(trainer),  # the CLI keeps the fit's metrics beside those of its test pass
+            wall_time_s=round(time.perf_counter() - start, 3),
+            finished_at=now(),
+        )
+        manifest.save()
+        _say(f"pipeline {spec.name}: stage {stage.name} done in {record['wall_time_s']:.1f} s -> {export}")
+        previous_export = export
+        del cli, trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if spec.evaluate is not None and not dry_run and rank_zero:
+        assert previous_export is not None
+        manifest.data["evaluation"] = _evaluate(spec, previous_export)
+        manifest.save()
+    return manifest.data
