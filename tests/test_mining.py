@@ -200,7 +200,7 @@ def test_mine_negatives_command_writes_triplets_and_provenance(pairs_file, tmp_p
 
 
 def test_mined_triplets_load_as_a_training_source(pairs_file, tmp_path):
-    from lightembed.data.multi import PairSource, load_pairs
+    from lightembed.data import PairSource, load_pairs
 
     out = tmp_path / "t.jsonl"
     mine_negatives_main(

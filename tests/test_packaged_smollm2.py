@@ -175,7 +175,7 @@ def tiny_gguf(tmp_path_factory) -> TinyGguf:
         distribution="tiny-gguf-llama",
         relative_path="tiny_gguf_llama/tiny-llama.Q4_1.gguf",
         description="random 2-layer Llama for tests",
-        gguf_sha256=packaged._sha256(path),
+        gguf_sha256=packaged.file_sha256(path),
         install="--no-deps tiny-gguf-llama==0.1.0",
     )
     return TinyGguf(site, path, entry, reference, tokenizer.encode(TEXT).ids)
@@ -193,13 +193,13 @@ def tiny(tiny_gguf, tmp_path, monkeypatch) -> TinyGguf:
 def _hashed_files(monkeypatch) -> list[Path]:
     """Record every file whose sha256 packaged computes from now on."""
     seen: list[Path] = []
-    original = packaged._sha256
+    original = packaged.file_sha256
 
     def recording(path: Path) -> str:
         seen.append(Path(path))
         return original(path)
 
-    monkeypatch.setattr(packaged, "_sha256", recording)
+    monkeypatch.setattr(packaged, "file_sha256", recording)
     return seen
 
 
@@ -222,7 +222,7 @@ def test_smollm2_entry_is_a_pinned_gguf_with_a_no_deps_install_line(tmp_path):
 def test_installed_smollm2_gguf_matches_the_pin():
     path = packaged.locate(SMOLLM2)
     assert path.is_file()
-    assert packaged._sha256(path) == SMOLLM2.gguf_sha256
+    assert packaged.file_sha256(path) == SMOLLM2.gguf_sha256
 
 
 def test_missing_package_says_to_install_it_without_dependencies(monkeypatch):
@@ -261,7 +261,7 @@ def test_gguf_converts_to_a_float32_folder_equal_to_the_dequantized_weights(tiny
     assert config["rope_parameters"]["rope_theta"] == 10000.0
     manifest = json.loads((path / CHECKSUM_FILE).read_text())
     assert manifest["source"]["sha256"] == tiny.entry.gguf_sha256
-    assert manifest["files"]["model.safetensors"] == packaged._sha256(path / "model.safetensors")
+    assert manifest["files"]["model.safetensors"] == packaged.file_sha256(path / "model.safetensors")
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary folder left beside it
 
     backbone = load_backbone(str(path))
@@ -312,7 +312,7 @@ def test_corrupt_weights_are_reported_and_converted_again(tiny, caplog):
         assert resolve_packaged("packaged:tiny-llama") == path
     assert "checksum mismatch for model.safetensors" in caplog.text
     manifest = json.loads((path / CHECKSUM_FILE).read_text())
-    assert packaged._sha256(weights) == manifest["files"]["model.safetensors"]
+    assert packaged.file_sha256(weights) == manifest["files"]["model.safetensors"]
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # the corrupt copy is gone
 
 

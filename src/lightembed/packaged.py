@@ -19,7 +19,6 @@ interrupted conversion never leaves a folder that looks finished.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -32,6 +31,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from lightembed.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +176,6 @@ def ensure_converted(entry: PackagedModel, cache: Path | None = None) -> Path:
     return folder
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _check_converted(folder: Path, entry: PackagedModel, source: Path) -> str | None:
     """``None`` if ``folder`` is a complete, unmodified conversion of the pinned GGUF, else what is wrong with it."""
     if not folder.is_dir():
@@ -200,7 +196,7 @@ def _check_converted(folder: Path, entry: PackagedModel, source: Path) -> str | 
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        actual = _sha256(path)
+        actual = file_sha256(path)
         if actual != expected:
             return f"checksum mismatch for {name}: sha256 {actual}, expected {expected} (corrupt or modified)"
     return None
@@ -214,7 +210,7 @@ def _convert_atomically(entry: PackagedModel, source: Path, folder: Path) -> Non
             f"converting {PREFIX}{entry.name} from GGUF needs {' and '.join(missing)}: "
             "run `pip install gguf==0.19.0 accelerate==1.15.0`"
         )
-    digest = _sha256(source)
+    digest = file_sha256(source)
     if digest != entry.gguf_sha256:
         raise ValueError(
             f"{PREFIX}{entry.name}: {source} has sha256 {digest}, but lightembed pins {entry.gguf_sha256}; "
@@ -243,7 +239,7 @@ def _convert_atomically(entry: PackagedModel, source: Path, folder: Path) -> Non
                 "sha256": digest,
                 "bytes": source.stat().st_size,
             },
-            "files": {name: _sha256(partial / name) for name in written},
+            "files": {name: file_sha256(partial / name) for name in written},
             "converted_with": {pkg: importlib.metadata.version(pkg) for pkg in ("transformers", "torch", "gguf")},
             "seconds": round(time.perf_counter() - start, 1),
         }

@@ -93,22 +93,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _named(specs: Sequence[str], registry: dict[str, str], what: str) -> dict[str, str]:
-    """``NAME=SOURCE`` / a registry name / a bare source -> ``{name: source}``."""
-    named: dict[str, str] = {}
-    for spec in specs:
-        name, sep, source = spec.partition("=")
-        if not sep:
-            if spec in registry:
-                name, source = spec, registry[spec]
-            else:
-                path = Path(spec)
-                name = path.stem if path.suffix else path.name.split(":")[0]
-                source = spec
-        if name in named:
-            raise ValueError(f"two {what} sets are named {name!r}: name them explicitly with NAME=SOURCE")
-        named[name] = source
-    return named
+def _set_name(source: str) -> str:
+    """Name of an unnamed classification or clustering source: the file's stem, or the Hub id's last part."""
+    path = Path(source)
+    return path.stem if path.suffix else path.name.split(":")[0]
 
 
 def evaluate_main(argv: Sequence[str]) -> dict:
@@ -129,8 +117,16 @@ def evaluate_main(argv: Sequence[str]) -> dict:
         suites = list(DEFAULT_SUITES)
     chosen = suite_sources(suites or [], ns.data_root)
     sts = {**chosen["sts"], **parse_named_sources(ns.sts, ns.split, ns.data_root)}
-    classification = {**chosen["classification"], **_named(ns.classification, SENTEVAL_SETS, "classification")}
-    clustering = {**chosen["clustering"], **_named(ns.clustering, {**SENTEVAL_SETS, **CLUSTERING_SETS}, "clustering")}
+    classification = {
+        **chosen["classification"],
+        **parse_named_sources(ns.classification, what="classification", registry=SENTEVAL_SETS, default_name=_set_name),
+    }
+    clustering = {
+        **chosen["clustering"],
+        **parse_named_sources(
+            ns.clustering, what="clustering", registry={**SENTEVAL_SETS, **CLUSTERING_SETS}, default_name=_set_name
+        ),
+    }
 
     encoder = load_encoder(ns.model, pooling=ns.pooling, max_length=ns.max_length)
     results = run_suite(

@@ -24,14 +24,9 @@ Suites (``--suite``): ``sts`` (STS-B test), ``sts-all`` (STS12-16, STS-B, SICK-R
 
 from __future__ import annotations
 
-import platform
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any
-
-import torch
 
 from lightembed.data.sources import source_fingerprint
 from lightembed.evaluation.classification import (
@@ -48,47 +43,10 @@ from lightembed.evaluation.clustering import (
 )
 from lightembed.evaluation.encoding import EncodeCache
 from lightembed.evaluation.sts import STSResult, evaluate_sts, format_table, sts_all_sources
+from lightembed.provenance import environment
 
 SUITES = ("sts", "sts-all", "senteval", "classification", "clustering")
 """Names accepted by ``--suite``."""
-
-PACKAGES = (
-    "lightembed",
-    "torch",
-    "transformers",
-    "lightning",
-    "datasets",
-    "scikit-learn",
-    "numpy",
-    "scipy",
-    "sentence-transformers",
-    "mteb",
-)
-
-
-def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
-    """Installed version of each package (None when it is not installed)."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def environment() -> dict[str, Any]:
-    """Where a score was measured: git commit of the checkout, package versions, Python, platform, threads."""
-    from lightembed.pipeline import git_commit
-
-    return {
-        "git_commit": git_commit(),
-        "packages": package_versions(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def suite_sources(suites: Sequence[str], data_root: str | None = None) -> dict[str, dict[str, str]]:
@@ -241,12 +199,13 @@ def build_report(
 ) -> dict[str, Any]:
     """The JSON-ready report (schema in the module docstring)."""
     env = env or environment()
-    hparams = getattr(encoder, "hparams", {}) or {}
+    hparams = getattr(encoder, "hparams", {}) or {}  # a training stage
+    encoder_settings = getattr(encoder, "settings", None)  # an Encoder
     settings = results.settings
     head = {
         "model": model,
         "pooling": getattr(encoder, "pooling", None),
-        "dtype": hparams.get("dtype"),
+        "dtype": getattr(encoder_settings, "dtype", None) or hparams.get("dtype"),
         "precision": settings.get("precision"),
         "max_length": getattr(encoder, "max_length", None),
         "normalize": getattr(encoder, "normalize", None),
