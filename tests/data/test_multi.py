@@ -1,63 +1,22 @@
-"""MultiDatasetDataModule on handwritten files: source formats and filters, errors, batch composition per mode,
-no duplicate texts, duplicates as positives in the loss, the YAML configs through the CLI."""
+"""MultiDatasetDataModule on handwritten files: the dataset laid end to end, batch composition per mode, no duplicate
+texts, duplicates as positives in the loss, the evaluation-set contract, the YAML configs through the CLI."""
 
 from __future__ import annotations
 
 import json
 import logging
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
 
-from lightembed.data.multi import MultiDataset, MultiDatasetDataModule, PairSource, load_pairs
+from lightembed.data import PairSource, load_pairs
+from lightembed.data.batches import EvaluationSets, evaluation_sets
+from lightembed.data.multi import MultiDataset, MultiDatasetDataModule
 from lightembed.data.samplers import MultiDatasetBatchSampler
 from lightembed.losses import InBatchNegativesLoss
 
 ROOT = Path(__file__).resolve().parents[2]
-
-NLI = [
-    ("A man plays a guitar .", "A man makes music .", "entailment"),
-    ("A man plays a guitar .", "A woman sleeps .", "contradiction"),
-    ("A man plays a guitar .", "The man is famous .", "neutral"),
-    ("Kids run in a park .", "Children are outside .", "entailment"),
-    ("Kids run in a park .", "Kids sit indoors .", "contradiction"),
-    ("Kids run in a park .", "Kids are playing .", "entailment"),
-    ("A dog barks .", "An animal makes noise .", "entailment"),
-    ("A dog barks .", "The dog is silent .", "contradiction"),
-    ("A chef cooks .", "Someone prepares food .", "entailment"),
-    ("A chef cooks .", "Nobody is cooking .", "contradiction"),
-]
-PARAPHRASES = [
-    ("The cat sat on the mat.", "A cat was sitting on the mat.", 1),
-    ("Stocks fell sharply.", "Shares dropped a lot.", 1),
-    ("He left early.", "She arrived late.", 0),
-    ("The meeting was moved.", "The meeting was rescheduled.", 1),
-    ("It rained all day.", "The day was sunny.", 0),
-    ("A man makes music .", "A man is making music.", 1),  # shares a text with the NLI set
-    ("Prices went up.", "Costs increased.", 1),
-]
-SCORED = [
-    ("A plane takes off.", "An airplane departs.", 4.8),
-    ("A boy rides a bike.", "A child is cycling.", 4.1),
-    ("The sky is blue.", "The grass is green.", 1.2),
-    ("A bird sings.", "A man drives.", 0.2),
-    ("The train is late.", "The train arrives late.", 4.4),
-]
-
-
-@pytest.fixture
-def data_root(tmp_path, write_jsonl) -> Path:
-    write_jsonl(tmp_path / "nli.jsonl", [{"premise": p, "hypothesis": h, "label": lab} for p, h, lab in NLI])
-    write_jsonl(tmp_path / "para.jsonl", [{"sentence1": a, "sentence2": b, "label": y} for a, b, y in PARAPHRASES])
-    write_jsonl(tmp_path / "sts.jsonl", [{"sentence1": a, "sentence2": b, "score": s} for a, b, s in SCORED])
-    write_jsonl(
-        tmp_path / "triplets.jsonl",
-        [{"query": f"q{i}", "doc": f"d{i}", "hard": f"h{i}"} for i in range(9)],
-    )
-    return tmp_path
-
 
 TRIPLETS_SOURCE = {
     "source": "triplets.jsonl",
@@ -80,65 +39,6 @@ def make_dm(tiny_bert_dir, data_root):
         return MultiDatasetDataModule(**options)
 
     return make
-
-
-def _message(err: BaseException) -> str:
-    return "".join(traceback.format_exception_only(err))
-
-
-# ------------------------------------------------------------------------------------------------ sources
-
-
-def test_load_pairs_formats_filters_and_limit(data_root):
-    nli = load_pairs(PairSource("nli.jsonl", format="nli_triplets"), str(data_root))
-    assert nli.column_names == ["anchor", "positive", "negative"]
-    assert len(nli) == 5  # guitar 1x1, park 2x1, dog 1x1, chef 1x1
-    pairs = load_pairs({"source": "nli.jsonl", "format": "nli_pairs"}, str(data_root))
-    assert pairs.column_names == ["anchor", "positive"] and len(pairs) == 5
-    para = load_pairs({"source": "para.jsonl", "where": {"label": 1}}, str(data_root))
-    assert len(para) == 5 and para[0] == {"anchor": PARAPHRASES[0][0], "positive": PARAPHRASES[0][1]}
-    both = load_pairs({"source": "para.jsonl", "where": {"label": [0, 1]}, "limit": 3}, str(data_root))
-    assert len(both) == 3
-    sts = load_pairs(PairSource("sts.jsonl", min_score=4.0), str(data_root))
-    assert sts["anchor"] == ["A plane takes off.", "A boy rides a bike.", "The train is late."]
-    trip = load_pairs(
-        PairSource("triplets.jsonl", columns={"query": "anchor", "doc": "positive", "hard": "negative"}),
-        str(data_root),
-    )
-    assert trip.column_names == ["anchor", "positive", "negative"] and trip[2] == {
-        "anchor": "q2",
-        "positive": "d2",
-        "negative": "h2",
-    }
-    assert len(load_pairs("para.jsonl", str(data_root))) == 7  # a plain string is a sentence1/sentence2 file
-
-
-def test_source_without_the_mapped_columns_is_a_clear_error(data_root):
-    with pytest.raises(ValueError) as info:
-        load_pairs(PairSource("triplets.jsonl"), str(data_root), name="mine")  # pairs: sentence1/sentence2
-    message = _message(info.value)
-    assert "missing column(s) ['sentence1', 'sentence2']" in message and "triplets.jsonl" in message
-    assert "found ['query', 'doc', 'hard']" in message and "training source 'mine'" in message
-
-
-def test_empty_after_filtering_is_a_clear_error(data_root):
-    with pytest.raises(ValueError, match=r"training source 'para' \(para.jsonl\) is empty after where label = 7"):
-        load_pairs(PairSource("para.jsonl", where={"label": 7}), str(data_root), name="para")
-    with pytest.raises(ValueError, match=r"is empty after score >= 5.5 \(5 rows read\)"):
-        load_pairs(PairSource("sts.jsonl", min_score=5.5), str(data_root))
-    with pytest.raises(ValueError, match="does not fit column type"):
-        load_pairs(PairSource("para.jsonl", where={"label": "yes"}), str(data_root))
-
-
-def test_pair_source_checks_its_options():
-    with pytest.raises(ValueError, match="format must be one of"):
-        PairSource("x.jsonl", format="quads")
-    with pytest.raises(ValueError, match="'anchor', 'positive' and optionally 'negative'"):
-        PairSource("x.jsonl", columns={"a": "anchor", "b": "score"})
-    with pytest.raises(ValueError, match="same field"):
-        PairSource("x.jsonl", columns={"a": "anchor", "b": "anchor"})
-    with pytest.raises(ValueError, match="must map to"):
-        PairSource("x.jsonl", format="nli_pairs", columns={"a": "premise", "b": "hypothesis"})
 
 
 def test_multi_dataset_fetches_rows_in_order(data_root):
@@ -271,12 +171,13 @@ def test_duplicates_in_a_batch_are_positives_for_the_loss(make_dm):
 
 
 def test_training_step_on_multi_dataset_batches(make_dm, tiny_bert_dir):
+    from lightembed.encoder import EncoderSettings
     from lightembed.losses import AnglELoss
     from lightembed.stages import ContrastiveModule
 
     dm = make_dm(batch_size=3, train={"nli": SOURCES["nli"], "nli2": {**SOURCES["nli"], "limit": 3}})
     dm.setup("fit")
-    module = ContrastiveModule(model=str(tiny_bert_dir), loss=AnglELoss(), max_length=32)
+    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32), loss=AnglELoss())
     module.configure_model()
     for i, batch in enumerate(dm.train_dataloader()):
         loss = module.training_step(batch, i)
@@ -290,6 +191,17 @@ def test_hparams_hold_only_this_modules_options(make_dm):
         assert key not in dm.hparams
     with pytest.raises(ValueError, match="batching must be"):
         make_dm(batching="sometimes")
+
+
+def test_is_its_own_data_module_with_evaluation_sets(make_dm):
+    from lightning import LightningDataModule
+
+    from lightembed.data import PairDataModule
+
+    dm = make_dm(val={"sts": "sts.jsonl", "sts2": "sts.jsonl"}, test={"t": "sts.jsonl"})
+    assert isinstance(dm, LightningDataModule) and not isinstance(dm, PairDataModule)
+    assert isinstance(dm, EvaluationSets) and evaluation_sets(dm) is dm
+    assert dm.val_names == dm.sts_val_names == ["sts", "sts2"] and dm.test_names == ["t"] and dm.batch_size == 32
 
 
 def test_no_training_source(make_dm):
@@ -322,9 +234,9 @@ def test_fit_from_the_multi_configs(tiny_bert_dir, data_root, tmp_path, monkeypa
                 str(ROOT / "configs/model/angle_minilm.yaml"),
                 "--config",
                 str(ROOT / "configs/data" / config),
-                "--model.init_args.model",
+                "--model.init_args.encoder.backbone",
                 str(tiny_bert_dir),
-                "--model.init_args.max_length",
+                "--model.init_args.encoder.max_length",
                 "32",
                 "--data.init_args.data_root",
                 str(data_root),
@@ -343,63 +255,3 @@ def test_fit_from_the_multi_configs(tiny_bert_dir, data_root, tmp_path, monkeypa
             ]
         )
     assert len(list((tmp_path / "runs").rglob("*.ckpt"))) >= 2
-
-
-# ------------------------------------------------------------------------------------------------ cached tokens
-
-
-def test_pretokenized_collator_matches_the_pair_collator(tokenizer):
-    from lightembed.data.collators import PairCollator
-    from lightembed.data.multi import PretokenizedPairCollator, _tokenize_fields
-
-    rows = [{"anchor": a, "positive": p, "negative": n} for a, p, n in NLI[:4]]
-    tokens = _tokenize_fields({f: [r[f] for r in rows] for f in TRIPLET}, tokenizer, max_length=8, fields=list(TRIPLET))
-    with_tokens = [{**row, **{k: v[i] for k, v in tokens.items()}} for i, row in enumerate(rows)]
-    expected = PairCollator(tokenizer, max_length=8)(rows)
-    got = PretokenizedPairCollator(tokenizer, max_length=8)(with_tokens)
-    assert set(got) == set(expected)
-    for key, value in expected.items():
-        if isinstance(value, dict):
-            assert set(got[key]) == set(value)
-            assert all(torch.equal(got[key][k], value[k]) for k in value)
-        else:
-            assert torch.equal(got[key], value)
-
-
-def test_tokenization_is_cached_between_runs(make_dm, tmp_path, monkeypatch):
-    from lightembed.data import multi
-
-    monkeypatch.setenv("LIGHTEMBED_CACHE", str(tmp_path / "cache"))
-    calls = []
-    original = multi._tokenize_fields
-
-    def counting(batch, **kwargs):
-        calls.append(len(next(iter(batch.values()))))
-        return original(batch, **kwargs)
-
-    monkeypatch.setattr(multi, "_tokenize_fields", counting)
-
-    def batches(**options):
-        dm = make_dm(batch_size=2, seed=3, **options)
-        dm.setup("fit")
-        return dm, list(dm.train_dataloader())
-
-    _, plain = batches()
-    first, cached = batches(cache_tokenization=True)
-    assert calls  # tokenised once per dataset
-    files = sorted((tmp_path / "cache" / "tokenized").glob("*.arrow"))
-    assert [f.name.split("-")[0] for f in files] == ["nli", "para", "sts"]
-    assert "anchor.input_ids" in first.train_dataset.parts[0].column_names
-    calls.clear()
-    _, again = batches(cache_tokenization=True)
-    assert calls == []  # the second run reads the tokens back
-    for a, b, c in zip(plain, cached, again, strict=True):
-        for key in a:
-            if isinstance(a[key], dict):
-                assert all(torch.equal(a[key][k], b[key][k]) and torch.equal(a[key][k], c[key][k]) for k in a[key])
-            else:
-                assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key])
-    other = make_dm(batch_size=2, cache_tokenization=True, max_length=16)
-    assert other.tokenization_cache_file("nli", TRIPLET) != first.tokenization_cache_file("nli", TRIPLET)
-    with pytest.raises(ValueError, match="instructions"):
-        make_dm(cache_tokenization=True, instructions={"anchor": "query: "})

@@ -80,9 +80,31 @@ def test_nli_triplets_and_pairs(make_dm):
     assert set(batch) == {"anchor", "positive", "negative", "anchor_ids", "positive_ids", "negative_ids"}
     assert batch["negative"]["input_ids"].shape[0] == 5
 
-    dm = make_dm(train="nli_tiny.jsonl", train_format="nli_pairs", nli_scores={"entailment": 1.0, "neutral": 0.5})
+    scores = {"entailment": 1.0, "neutral": 0.5}
+    dm = make_dm(train="nli_tiny.jsonl", train_format="nli_scored_pairs", nli_scores=scores)
     dm.setup("fit")
     assert len(dm.train_dataset) == 8 and set(dm.train_dataset["score"][:]) == {1.0, 0.5}
+
+    dm = make_dm(train="nli_tiny.jsonl", train_format="nli_entailment_pairs")
+    dm.setup("fit")
+    assert dm.train_dataset.column_names == ["anchor", "positive"]
+    assert len(dm.train_dataset) == 4  # the entailment rows only
+
+
+def test_old_nli_pairs_name_reads_as_scored_pairs_with_a_warning(make_dm):
+    with pytest.warns(FutureWarning, match="train_format='nli_pairs' is deprecated: it reads as 'nli_scored_pairs'"):
+        dm = make_dm(train="nli_tiny.jsonl", train_format="nli_pairs", nli_scores={"entailment": 1.0, "neutral": 0.5})
+    assert dm.train_format == "nli_scored_pairs"
+    dm.setup("fit")
+    assert len(dm.train_dataset) == 8 and set(dm.train_dataset["score"][:]) == {1.0, 0.5}
+
+
+def test_is_an_evaluation_set_source(make_dm):
+    from lightembed.data.batches import EvaluationSets, evaluation_sets
+
+    dm = make_dm(val={"a": "sts_tiny.jsonl", "b": "sts_tiny.csv"}, test={"t": "sts_tiny.jsonl"}, batch_size=4)
+    assert isinstance(dm, EvaluationSets) and evaluation_sets(dm) is dm
+    assert dm.val_names == dm.sts_val_names == ["a", "b"] and dm.test_names == ["t"] and dm.batch_size == 4
 
 
 def test_pairs_and_triplets_with_column_mapping(make_dm, tmp_path, write_jsonl):

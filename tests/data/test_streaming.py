@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightembed.data import MultiDatasetDataModule, PairSource
 from lightembed.data.collators import normalize_text
-from lightembed.data.multi import MultiDatasetDataModule, PairSource, StreamingPairBatches, stream_pairs
+from lightembed.data.pair_sources import stream_pairs
+from lightembed.data.streaming import StreamingPairBatches
 
 
 @pytest.fixture
@@ -29,7 +31,7 @@ def root(tmp_path: Path) -> Path:
 def _streams(root: Path) -> dict:
     return {
         "a": stream_pairs(PairSource("a.jsonl", where={"label": 1}, streaming=True), str(root), name="a"),
-        "b": stream_pairs(PairSource("b.jsonl", format="nli_pairs", streaming=True), str(root), name="b"),
+        "b": stream_pairs(PairSource("b.jsonl", format="nli_entailment_pairs", streaming=True), str(root), name="b"),
     }
 
 
@@ -52,13 +54,13 @@ def test_stream_pairs_filters_and_converts(root):
 
 
 def test_stream_pairs_errors(root):
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['sentence1', 'sentence2'\].*training source 'x'"):
+    with pytest.raises(ValueError, match=r"(?s)missing column\(s\) \['sentence1', 'sentence2'\].*training source 'x'"):
         stream_pairs(PairSource("c.jsonl", streaming=True), str(root), name="x")
     with pytest.raises(ValueError, match="cannot stream"):
         PairSource("b.jsonl", format="nli_triplets", streaming=True)
     bad = root / "bad.jsonl"
     bad.write_text(json.dumps({"sentence1": "a", "sentence2": " "}) + "\n")
-    with pytest.raises(ValueError, match="empty or missing text"):
+    with pytest.raises(ValueError, match="empty or whitespace-only text in column 'sentence2'"):
         list(stream_pairs(PairSource("bad.jsonl", streaming=True), str(root)))
     assert list(stream_pairs(PairSource("bad.jsonl", streaming=True), str(root), on_bad_row="skip")) == []
 
@@ -112,6 +114,7 @@ def test_streamed_ranks_are_disjoint(root):
 def test_data_module_streaming_path(root, tiny_bert_dir):
     import lightning as L
 
+    from lightembed.encoder import EncoderSettings
     from lightembed.losses import InBatchNegativesLoss
     from lightembed.stages import ContrastiveModule
 
@@ -135,7 +138,7 @@ def test_data_module_streaming_path(root, tiny_bert_dir):
     with pytest.raises(ValueError, match="no precomputed hashes"):
         dm.train_hashes()
 
-    module = ContrastiveModule(model=str(tiny_bert_dir), loss=InBatchNegativesLoss(), max_length=16)
+    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=16), loss=InBatchNegativesLoss())
     trainer = L.Trainer(
         max_steps=3,
         accelerator="cpu",
@@ -154,7 +157,7 @@ def test_a_source_that_cannot_fill_a_batch_ends_with_a_warning(root, caplog):
         "".join(json.dumps({"sentence1": "one anchor", "sentence2": f"positive {i}"}) + "\n" for i in range(60))
     )
     streams = {"same": stream_pairs(PairSource("same.jsonl", streaming=True), str(root)), "a": _streams(root)["a"]}
-    with caplog.at_level("WARNING", logger="lightembed.data.multi"):
+    with caplog.at_level("WARNING", logger="lightembed.data.streaming"):
         batches = list(StreamingPairBatches(streams, 4, interleave="proportional", shuffle_buffer=0))
     assert "streamed source 'same'" in caplog.text
     assert batches and all(_source(b[0]) == "anchor" and _no_duplicate_text(b) for b in batches)

@@ -30,12 +30,15 @@ masks rows of token ids (masked next-token prediction); their batch formats are 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import xxhash  # comes with `datasets`
 from transformers import PreTrainedTokenizerBase
+
+from lightembed.data.batches import Features, MNTPBatch, PairBatch, SentenceBatch
 
 TEXT_FIELDS = ("anchor", "positive", "negative")
 FIELDS = (*TEXT_FIELDS, "score", "label")
@@ -50,22 +53,13 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def _digest() -> Callable[[bytes], int]:
-    try:
-        import xxhash  # a dependency of `datasets`
-
-        return xxhash.xxh3_64_intdigest
-    except ImportError:  # pragma: no cover - datasets always brings xxhash
-        return lambda data: int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
-
-
 def text_hashes(texts: Iterable[str]) -> np.ndarray:
     """A stable int64 hash of each text's :func:`normalize_text` form: ``(N,)`` int64.
 
     Texts with the same normalised form get the same hash in every process (xxh3, not Python's salted ``hash``), so
     every DDP rank builds the same batches and ids gathered across ranks identify the same texts.
     """
-    digest = _digest()
+    digest = xxhash.xxh3_64_intdigest
     return np.fromiter((digest(normalize_text(text).encode("utf-8")) for text in texts), dtype=np.uint64).view(np.int64)
 
 
@@ -104,13 +98,13 @@ class PairCollator:
         if self.instructions and not getattr(tokenizer, "is_fast", False):
             raise ValueError("instructions need a fast tokenizer (character offsets locate the instruction's tokens)")
 
-    def encode_texts(self, texts: list[str], instruction: str | None = None) -> dict[str, torch.Tensor]:
+    def encode_texts(self, texts: list[str], instruction: str | None = None) -> Features:
         """Tokenize ``texts`` (dynamic padding); with ``instruction``, prefix it and add ``pool_mask`` without it."""
         if not instruction:
             encoded = self.tokenizer(
                 texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
             )
-            return dict(encoded)  # input_ids, attention_mask[, token_type_ids]: (B, L)
+            return Features(**encoded)  # input_ids, attention_mask[, token_type_ids]: (B, L)
         encoded = self.tokenizer(
             [instruction + text for text in texts],
             padding="longest",
@@ -120,7 +114,7 @@ class PairCollator:
             return_offsets_mapping=True,
         )
         offsets = encoded.pop("offset_mapping")  # (B, L, 2) character span of each token
-        features = dict(encoded)
+        features = Features(**encoded)
         # A token belongs to the text when it ends after the instruction; specials have the empty span (0, 0).
         in_text = offsets[..., 1] > len(instruction)  # (B, L)
         features["pool_mask"] = features["attention_mask"] * in_text.to(features["attention_mask"].dtype)  # (B, L)
@@ -132,7 +126,7 @@ class PairCollator:
             )
         return features
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> PairBatch:
         if not rows:
             raise ValueError("PairCollator got an empty list of rows")
         expected = _present(rows[0])
@@ -144,11 +138,11 @@ class PairCollator:
                 raise ValueError(f"row {i} of the batch has fields {_present(row)} but row 0 has {expected}")
         fields = [f for f in TEXT_FIELDS if f in expected]
 
-        batch: dict[str, Any] = {}
+        batch = PairBatch()
         for field in fields:
             texts = [row[field] for row in rows]
-            batch[field] = self.encode_texts(texts, self.instructions.get(field))
-            batch[f"{field}_ids"] = text_ids(texts)  # (B,) one id space for every field (and every rank)
+            batch[field] = self.encode_texts(texts, self.instructions.get(field))  # type: ignore[literal-required]
+            batch[f"{field}_ids"] = text_ids(texts)  # type: ignore[literal-required]  # (B,) one id space for every field (and every rank)
         if "score" in expected:
             batch["score"] = torch.tensor([float(row["score"]) for row in rows], dtype=torch.float32)  # (B,)
         if "label" in expected:
@@ -170,11 +164,11 @@ class SentenceCollator(PairCollator):
         max_length: longest sequence kept per text; longer texts are truncated.
     """
 
-    def __call__(self, rows: Sequence[Mapping[str, Any] | str]) -> dict[str, Any]:
+    def __call__(self, rows: Sequence[Mapping[str, Any] | str]) -> SentenceBatch:  # type: ignore[override]
         if not rows:
             raise ValueError("SentenceCollator got an empty list of rows")
         texts = [row if isinstance(row, str) else row["text"] for row in rows]
-        return {"text": self.encode_texts(texts), "text_ids": text_ids(texts)}  # (B,)
+        return SentenceBatch(text=self.encode_texts(texts), text_ids=text_ids(texts))  # (B,)
 
 
 IGNORE_INDEX = -100
@@ -310,9 +304,9 @@ class MNTPCollator:
         masked[to_random] = self.random_candidates[picks][to_random]
         return masked, labels
 
-    def __call__(self, rows: Sequence[Mapping[str, Any] | Sequence[int]]) -> dict[str, torch.Tensor]:
+    def __call__(self, rows: Sequence[Mapping[str, Any] | Sequence[int]]) -> MNTPBatch:
         if not rows:
             raise ValueError("MNTPCollator got an empty list of rows")
         input_ids, attention_mask = self._pad(rows)  # (B, L), (B, L)
         masked, labels = self.mask(input_ids, attention_mask, self._generator(input_ids))
-        return {"input_ids": masked, "attention_mask": attention_mask, "labels": labels}
+        return MNTPBatch(input_ids=masked, attention_mask=attention_mask, labels=labels)

@@ -48,10 +48,10 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lightembed.backbones import load_tokenizer
-from lightembed.data.collators import MNTPCollator, PairCollator, SentenceCollator
-from lightembed.data.pairs import STS_COLUMNS
+from lightembed.data.collators import MNTPCollator, SentenceCollator
 from lightembed.data.samplers import EpochRandomSampler
 from lightembed.data.sources import load_source, resolve_source
+from lightembed.data.sts_sets import STSSets
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class CorpusDataModule(LightningDataModule):
         self.format = format
         self.text_column = text_column
         self.val_source = val
-        self.sts_val_sources = sts_val
+        self.sts = STSSets(sts_val, None, val_split, "test", data_root, val_option="sts_val")
         self.train_split, self.val_split = train_split, val_split
         self.data_root = data_root
         self.tokenizer_name = tokenizer
@@ -257,13 +257,12 @@ class CorpusDataModule(LightningDataModule):
 
         self.train_dataset: datasets.Dataset | None = None
         self.val_dataset: datasets.Dataset | None = None
-        self.sts_val_datasets: list[datasets.Dataset] | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
 
     @property
     def val_names(self) -> list[str]:
         """Names of the validation loaders in order: ``"text"`` first if ``val`` is set, then the ``sts_val`` names."""
-        return ([TEXT_VAL_NAME] if self.val_source is not None else []) + list(self.sts_val_sources)
+        return ([TEXT_VAL_NAME] if self.val_source is not None else []) + self.sts.val_names
 
     @property
     def text_val_index(self) -> int | None:
@@ -273,7 +272,20 @@ class CorpusDataModule(LightningDataModule):
     @property
     def sts_val_names(self) -> list[str]:
         """Names of the STS validation loaders, which follow the text loader."""
-        return list(self.sts_val_sources)
+        return self.sts.val_names
+
+    @property
+    def test_names(self) -> list[str]:
+        """No test sets: a corpus stage is tested through the evaluation commands."""
+        return []
+
+    @property
+    def sts_val_sources(self) -> dict[str, str]:
+        return self.sts.val_sources
+
+    @property
+    def sts_val_datasets(self) -> list[datasets.Dataset] | None:
+        return self.sts.val_datasets
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -316,18 +328,6 @@ class CorpusDataModule(LightningDataModule):
             raise
         return ds
 
-    def _load_sts(self) -> list[datasets.Dataset]:
-        loaded = []
-        renames = {src: dst for src, dst in STS_COLUMNS.items() if src != dst}
-        for name, source in self.sts_val_sources.items():
-            try:
-                ds = load_source(source, list(STS_COLUMNS), self.val_split, self.data_root, score_column="score")
-            except (ValueError, FileNotFoundError) as err:
-                err.add_note(f"while loading sts_val[{name!r}] = {source!r} (split {self.val_split!r})")
-                raise
-            loaded.append(ds.rename_columns(renames))
-        return loaded
-
     def setup(self, stage: str | None = None) -> None:
         """Load the sources the stage needs (each once) and check the collator options against the tokenizer."""
         if stage in (None, "fit") and self.train_dataset is None:
@@ -338,8 +338,7 @@ class CorpusDataModule(LightningDataModule):
         if stage in (None, "fit", "validate"):
             if self.val_dataset is None and self.val_source is not None:
                 self.val_dataset = self._load_text("val", self.val_source, self.val_split)
-            if self.sts_val_datasets is None:
-                self.sts_val_datasets = self._load_sts()
+            self.sts.setup("validate")
         self._collator(seed=None)  # fail at setup, not at the first batch, on a bad mask token
 
     def _collator(self, seed: int | None) -> Any:
@@ -361,7 +360,7 @@ class CorpusDataModule(LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         """The validation loaders in :attr:`val_names` order: held-out text (if ``val``), then the STS sets."""
-        if self.sts_val_datasets is None:
+        if self.sts.val_datasets is None:
             raise RuntimeError("call setup('fit') or setup('validate') before asking for the validation data")
         loaders = []
         if self.val_dataset is not None:
@@ -369,7 +368,5 @@ class CorpusDataModule(LightningDataModule):
             loaders.append(
                 DataLoader(self.val_dataset, batch_size=self.eval_batch_size, collate_fn=collate, **self._workers())
             )
-        sts_collate = PairCollator(self.tokenizer, self.max_length)
-        for ds in self.sts_val_datasets:
-            loaders.append(DataLoader(ds, batch_size=self.eval_batch_size, collate_fn=sts_collate, **self._workers()))
-        return loaders
+        sts = self.sts.loaders("validation", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers)
+        return loaders + sts

@@ -14,6 +14,7 @@ label with ``-1``: that, a null or any other value is a bad row (an error, or dr
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 import datasets
@@ -31,6 +32,31 @@ ENTAILMENT, NEUTRAL, CONTRADICTION = 0, 1, 2
 
 DEFAULT_PAIR_SCORES: dict[str, float] = {"entailment": 1.0, "neutral": 0.5, "contradiction": 0.0}
 """Score per label used by :func:`nli_to_pairs` unless told otherwise."""
+
+
+def nli_label_id(value: object, names: Sequence[str] | None = None) -> int:
+    """One NLI label as its id 0/1/2 (HF order), or -1 when it is missing or unknown: the row-by-row form of
+    :func:`nli_label_ids` (streamed sources), with the same rules. ``names`` are a ``ClassLabel``'s names."""
+    if isinstance(value, bool) or value is None:
+        return -1
+    if isinstance(value, int):
+        if names is not None:
+            name = names[value].lower() if 0 <= value < len(names) else None
+            return NLI_LABELS.index(name) if name in NLI_LABELS else -1
+        return value if 0 <= value <= 2 else -1
+    if isinstance(value, str):
+        name = value.strip().lower()
+        return NLI_LABELS.index(name) if name in NLI_LABELS else -1
+    return -1
+
+
+def bad_label_message(value: object, label: str, where: str, count: int | None = None) -> str:
+    """The error for a bad NLI label, shared by the in-memory and the streamed path."""
+    total = f"; {count} such row(s) in all" if count is not None else ""
+    return (
+        f"bad NLI label {value!r} in column {label!r} at {where}; expected 0/1/2 or {'/'.join(NLI_LABELS)}{total}. "
+        "Pass on_bad_row='skip' to drop them."
+    )
 
 
 def nli_label_ids(
@@ -67,11 +93,7 @@ def nli_label_ids(
     if bad.any():
         if on_bad_row == "error":
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"bad NLI label {column[row].as_py()!r} in column {label!r} at row {row} (0-based); "
-                f"expected 0/1/2 or {'/'.join(NLI_LABELS)}; {int(bad.sum())} such row(s) in all. "
-                "Pass on_bad_row='skip' to drop them."
-            )
+            raise ValueError(bad_label_message(column[row].as_py(), label, f"row {row} (0-based)", int(bad.sum())))
         log.warning("skipped %d of %d NLI rows with a missing or unknown label", int(bad.sum()), len(ids))
     return ids
 

@@ -1,22 +1,13 @@
 """Data module for supervised contrastive training on text pairs/triplets, validated and tested on STS sets.
 
-Training rows come from one source in one of five formats; each is converted to rows with ``anchor``,
-``positive`` and, by format, ``negative`` or ``score``:
+Training rows come from one source in one row format (:mod:`lightembed.data.formats`: ``pairs``, ``scored_pairs``,
+``triplets``, ``nli_triplets``, ``nli_scored_pairs``, ``nli_entailment_pairs``); each is converted to rows with
+``anchor``, ``positive`` and, by format, ``negative`` or ``score``.
 
-============== ============================================ ====================================================
-train_format   default ``columns`` (source -> field)         training rows
-============== ============================================ ====================================================
-scored_pairs   sentence1->anchor, sentence2->positive,      anchor, positive, score
-               score->score
-pairs          sentence1->anchor, sentence2->positive       anchor, positive
-triplets       anchor, positive, negative                   anchor, positive, negative
-nli_triplets   premise, hypothesis, label                   premise, entailed hypothesis, contradicting one
-nli_pairs      premise, hypothesis, label                   premise, hypothesis, score from ``nli_scores``
-============== ============================================ ====================================================
-
-Validation and test sets are STS sources (``sentence1``, ``sentence2``, ``score``) named in a dict; the loaders come
-in dict order and :attr:`PairDataModule.val_names` / :attr:`PairDataModule.test_names` name them, so a model can
-log ``val/<name>_spearman``. Batches are made by :class:`~lightembed.data.collators.PairCollator`.
+Validation and test sets are STS sources (``sentence1``, ``sentence2``, ``score``) named in a dict
+(:class:`~lightembed.data.sts_sets.STSSets`); the loaders come in dict order and :attr:`PairDataModule.val_names` /
+:attr:`PairDataModule.test_names` name them, so a model can log ``val/<name>_spearman``. Batches are made by
+:class:`~lightembed.data.collators.PairCollator`.
 """
 
 from __future__ import annotations
@@ -31,28 +22,15 @@ from transformers import PreTrainedTokenizerBase
 
 from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import TEXT_FIELDS, PairCollator
-from lightembed.data.nli import nli_to_pairs, nli_to_triplets
+from lightembed.data.formats import FORMATS, checked_columns, convert, format_named, to_fields
 from lightembed.data.samplers import EpochRandomSampler, LengthGroupedBatchSampler
 from lightembed.data.sources import load_source
+from lightembed.data.sts_sets import STSSets
 
-TrainFormat = Literal["pairs", "scored_pairs", "triplets", "nli_triplets", "nli_pairs"]
-
-DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
-    "scored_pairs": {"sentence1": "anchor", "sentence2": "positive", "score": "score"},
-    "pairs": {"sentence1": "anchor", "sentence2": "positive"},
-    "triplets": {"anchor": "anchor", "positive": "positive", "negative": "negative"},
-    "nli_triplets": {"premise": "premise", "hypothesis": "hypothesis", "label": "label"},
-    "nli_pairs": {"premise": "premise", "hypothesis": "hypothesis", "label": "label"},
-}
-"""Source column -> field, per training format; the fields of a format are fixed, the source names can be mapped."""
-
-STS_COLUMNS: dict[str, str] = {"sentence1": "anchor", "sentence2": "positive", "score": "score"}
-"""Columns of a validation/test STS source and the batch fields they become."""
-
-
-def _renamed(ds: datasets.Dataset, mapping: dict[str, str]) -> datasets.Dataset:
-    renames = {src: dst for src, dst in mapping.items() if src != dst}
-    return ds.rename_columns(renames) if renames else ds
+TrainFormat = Literal[
+    "pairs", "scored_pairs", "triplets", "nli_triplets", "nli_scored_pairs", "nli_entailment_pairs", "nli_pairs"
+]
+"""The row formats of :mod:`lightembed.data.formats`; ``nli_pairs`` is the deprecated name of ``nli_scored_pairs``."""
 
 
 class PairDataModule(LightningDataModule):
@@ -60,9 +38,10 @@ class PairDataModule(LightningDataModule):
 
     Args:
         train: training source: local file/glob/directory or Hub id ``owner/name[:config]``; None for eval only.
-        train_format: how to read the training source (table in the module docstring).
+        train_format: the row format of the training source (table in :mod:`lightembed.data.formats`); the
+            deprecated ``nli_pairs`` reads as ``nli_scored_pairs``, with a warning.
         columns: source column -> field (``anchor``/``positive``/``negative``/``score``, or ``premise``/
-            ``hypothesis``/``label`` for ``nli_*``); default per format as in the table.
+            ``hypothesis``/``label`` for ``nli_*``); default per format.
         val: validation STS sets, name -> source with ``sentence1``, ``sentence2``, ``score``, in order.
         test: test STS sets, like ``val``.
         train_split: split read from a Hub id or a per-split directory for ``train``.
@@ -77,7 +56,8 @@ class PairDataModule(LightningDataModule):
         num_workers: DataLoader worker processes.
         seed: seed of the training shuffle (the order is fixed by seed and epoch).
         score_range: inclusive ``(low, high)`` bounds checked on training scores (``scored_pairs`` only).
-        nli_scores: score per NLI label for ``nli_pairs``; default entailment 1.0, neutral 0.5, contradiction 0.0.
+        nli_scores: score per NLI label for ``nli_scored_pairs``; default entailment 1.0, neutral 0.5,
+            contradiction 0.0.
         on_bad_row: ``"error"`` stops on an empty text, bad score or unknown NLI label, naming file and row;
             ``"skip"`` drops such rows and logs how many.
         instructions: training field -> instruction prefixed to its texts and excluded from pooling, e.g.
@@ -111,25 +91,18 @@ class PairDataModule(LightningDataModule):
         eval_instruction: str | None = None,
     ) -> None:
         super().__init__()
-        if train_format not in DEFAULT_COLUMNS:
-            raise ValueError(f"train_format must be one of {list(DEFAULT_COLUMNS)}, got {train_format!r}")
-        columns = dict(DEFAULT_COLUMNS[train_format] if columns is None else columns)
-        fields = sorted(DEFAULT_COLUMNS[train_format].values())
-        if sorted(columns.values()) != fields:
-            raise ValueError(
-                f"columns for train_format={train_format!r} must map source columns to each of {fields} once; "
-                f"got {columns}"
-            )
-        if score_range is not None and train_format != "scored_pairs":
-            raise ValueError(f"score_range applies to train_format='scored_pairs' only, not {train_format!r}")
-        if nli_scores is not None and train_format != "nli_pairs":
-            raise ValueError(f"nli_scores applies to train_format='nli_pairs' only, not {train_format!r}")
+        fmt = format_named(train_format, "train_format", tuple(FORMATS), old_meaning="nli_scored_pairs")
+        columns = fmt.mapping(columns, f"columns for train_format={fmt.name!r}")
+        if score_range is not None and "score" not in fmt.required:
+            raise ValueError(f"score_range applies to train_format='scored_pairs' only, not {fmt.name!r}")
+        if nli_scores is not None and fmt.conversion != "nli_scored_pairs":
+            raise ValueError(f"nli_scores applies to train_format='nli_scored_pairs' only, not {fmt.name!r}")
         self.save_hyperparameters()
         self.train_source = train
-        self.train_format = train_format
+        self.train_format = fmt.name
+        self.row_format = fmt
         self.columns = columns
-        self.val_sources = dict(val or {})
-        self.test_sources = dict(test or {})
+        self.sts = STSSets(val, test, val_split, test_split, data_root, on_bad_row)
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.data_root = data_root
         self.tokenizer_name = tokenizer
@@ -143,23 +116,42 @@ class PairDataModule(LightningDataModule):
         self.nli_scores = nli_scores
         self.on_bad_row = on_bad_row
         self.instructions = dict(instructions or {})
-        self.eval_instructions = {"anchor": eval_instruction, "positive": eval_instruction} if eval_instruction else {}
+        self.eval_instruction = eval_instruction
 
         self.train_dataset: datasets.Dataset | None = None
-        self.val_datasets: list[datasets.Dataset] | None = None
-        self.test_datasets: list[datasets.Dataset] | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._train_lengths: np.ndarray | None = None
 
     @property
+    def val_sources(self) -> dict[str, str]:
+        return self.sts.val_sources
+
+    @property
+    def test_sources(self) -> dict[str, str]:
+        return self.sts.test_sources
+
+    @property
+    def val_datasets(self) -> list[datasets.Dataset] | None:
+        return self.sts.val_datasets
+
+    @property
+    def test_datasets(self) -> list[datasets.Dataset] | None:
+        return self.sts.test_datasets
+
+    @property
     def val_names(self) -> list[str]:
-        """Names of the validation sets, in dataloader order."""
-        return list(self.val_sources)
+        """Names of the validation sets, in dataloader order (all of them are STS sets)."""
+        return self.sts.val_names
+
+    @property
+    def sts_val_names(self) -> list[str]:
+        """Names of the STS validation sets: all of :attr:`val_names`."""
+        return self.sts.val_names
 
     @property
     def test_names(self) -> list[str]:
         """Names of the test sets, in dataloader order."""
-        return list(self.test_sources)
+        return self.sts.test_names
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -170,49 +162,29 @@ class PairDataModule(LightningDataModule):
 
     def _load_train(self) -> datasets.Dataset:
         assert self.train_source is not None
-        by_field = {dst: src for src, dst in self.columns.items()}
+        text_columns, score_column = checked_columns(self.row_format, self.columns)
         try:
             ds = load_source(
                 self.train_source,
                 list(self.columns),
                 self.train_split,
                 self.data_root,
-                text_columns=[src for src, dst in self.columns.items() if dst not in ("score", "label")],
-                score_column=by_field.get("score"),
+                text_columns=text_columns,
+                score_column=score_column,
                 score_range=self.score_range,
                 on_bad_row=self.on_bad_row,
             )
-            ds = _renamed(ds, self.columns)
-            if self.train_format == "nli_triplets":
-                ds = nli_to_triplets(ds, on_bad_row=self.on_bad_row)
-            elif self.train_format == "nli_pairs":
-                ds = nli_to_pairs(ds, self.nli_scores, on_bad_row=self.on_bad_row)
+            ds = convert(to_fields(ds, self.columns), self.row_format, self.on_bad_row, self.nli_scores)
         except (ValueError, FileNotFoundError) as err:
             err.add_note(f"while loading the training data: train={self.train_source!r}, columns={self.columns}")
             raise
         return ds
 
-    def _load_sts(self, option: str, sources: dict[str, str], split: str) -> list[datasets.Dataset]:
-        loaded = []
-        for name, source in sources.items():
-            try:
-                ds = load_source(
-                    source, list(STS_COLUMNS), split, self.data_root, score_column="score", on_bad_row=self.on_bad_row
-                )
-            except (ValueError, FileNotFoundError) as err:
-                err.add_note(f"while loading {option}[{name!r}] = {source!r} (split {split!r})")
-                raise
-            loaded.append(_renamed(ds, STS_COLUMNS))
-        return loaded
-
     def setup(self, stage: str | None = None) -> None:
         """Load and convert the sources the stage needs; each is loaded once."""
         if stage in (None, "fit") and self.train_dataset is None and self.train_source is not None:
             self.train_dataset = self._load_train()
-        if stage in (None, "fit", "validate") and self.val_datasets is None:
-            self.val_datasets = self._load_sts("val", self.val_sources, self.val_split)
-        if stage in (None, "test") and self.test_datasets is None:
-            self.test_datasets = self._load_sts("test", self.test_sources, self.test_split)
+        self.sts.setup(stage)
 
     def train_lengths(self) -> np.ndarray:
         """Token count per training row (anchor + positive [+ negative], each capped at ``max_length``)."""
@@ -233,16 +205,6 @@ class PairDataModule(LightningDataModule):
             raise RuntimeError(f"call setup() before asking for the {option} data")
         return dataset
 
-    def _loader(self, ds: datasets.Dataset, batch_size: int) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=False,
-            collate_fn=PairCollator(self.tokenizer, self.max_length, self.eval_instructions),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
     def train_dataloader(self) -> DataLoader:
         ds = self._require(self.train_dataset, "train")
         collate = PairCollator(self.tokenizer, self.max_length, self.instructions)
@@ -254,7 +216,11 @@ class PairDataModule(LightningDataModule):
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=collate, **workers)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(ds, self.eval_batch_size) for ds in self._require(self.val_datasets, "validation")]
+        return self.sts.loaders(
+            "validation", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers, self.eval_instruction
+        )
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(ds, self.eval_batch_size) for ds in self._require(self.test_datasets, "test")]
+        return self.sts.loaders(
+            "test", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers, self.eval_instruction
+        )

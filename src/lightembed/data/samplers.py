@@ -11,16 +11,17 @@ under DDP it re-creates this batch sampler with a ``DistributedSampler`` passed 
 its own shard and the epoch still changes the order.
 
 :class:`MultiDatasetBatchSampler` builds batches over several datasets: every batch from one dataset (``"single"``)
-or every batch mixing at least two (``"mixed"``), optionally with no text twice in a batch (hash-based, numpy); it
-splits the epoch's batches between DDP ranks itself. :func:`row_hashes` computes the text hashes it needs.
+or every batch mixing at least two (``"mixed"``), optionally with no text twice in a batch (the rule of
+:mod:`lightembed.data.no_duplicates`, applied to each dataset's rows); it splits the epoch's batches between DDP ranks
+itself. In ``single`` mode each dataset is batched on its own and an interleaving strategy, picked by name from
+:data:`INTERLEAVES`, orders the per-dataset batches.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence, Sized
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence, Sized
 from typing import Literal
 
 import numpy as np
@@ -28,6 +29,16 @@ import torch
 from torch.utils.data import BatchSampler, RandomSampler, Sampler, SequentialSampler
 
 from lightembed.data.collators import text_hashes
+from lightembed.data.no_duplicates import Batch, DuplicateIndex, RowQueue, fill_batches, row_hashes
+
+__all__ = [
+    "EpochRandomSampler",
+    "INTERLEAVES",
+    "LengthGroupedBatchSampler",
+    "MultiDatasetBatchSampler",
+    "row_hashes",
+    "text_hashes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,132 +147,27 @@ Interleave = Literal["proportional", "round_robin"]
 SmallDataset = Literal["error", "partial"]
 
 BATCHING_MODES = ("single", "mixed")
-INTERLEAVES = ("proportional", "round_robin")
 SMALL_DATASET_POLICIES = ("error", "partial")
 
 
-def row_hashes(columns: Sequence[Sequence[str]]) -> np.ndarray:
-    """Hashes of the texts of each row, from one sequence of texts per field (``[anchors, positives]``): ``(N, K)``."""
-    if not columns:
-        raise ValueError("row_hashes needs at least one column of texts")
-    hashed = [text_hashes(column) for column in columns]
-    sizes = {len(h) for h in hashed}
-    if len(sizes) != 1:
-        raise ValueError(f"row_hashes: the columns differ in length: {[len(h) for h in hashed]}")
-    return np.stack(hashed, axis=1)  # (N, K)
+def proportional(per_dataset: list[list[np.ndarray]], rng: np.random.Generator) -> list[np.ndarray]:
+    """All batches of all datasets in a random order: a dataset's share of the steps follows its size."""
+    batches = [b for dataset in per_dataset for b in dataset]
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
-@dataclass
-class _DuplicateIndex:
-    """Which rows can repeat a text of another row, computed once from the text hashes.
-
-    Texts are numbered ``0 .. texts - 1`` (one number per distinct hash). ``key[row]`` is the number of the row's
-    only text that occurs elsewhere too, ``-1`` for a row whose texts occur nowhere else (``clean``: it can never
-    collide) and ``-2`` for a row with several such texts, whose numbers are in ``multi``.
-    """
-
-    key: np.ndarray  # (N,) int64
-    multi: dict[int, tuple[int, ...]]
-    texts: int
-
-    CLEAN, MULTI = -1, -2
+def round_robin(per_dataset: list[list[np.ndarray]], rng: np.random.Generator) -> list[np.ndarray]:
+    """One batch of each dataset in turn, each round in a random dataset order, until the dataset with the fewest
+    batches runs out: equal shares, and the larger datasets show a different random subset every epoch."""
+    rounds = min(len(dataset) for dataset in per_dataset)
+    return [per_dataset[d][i] for i in range(rounds) for d in rng.permutation(len(per_dataset))]
 
 
-class _Batch:
-    """A batch being filled. ``used`` (one flag per text number, shared by all batches of an epoch) marks the texts
-    of this batch; :meth:`close` clears them for the next batch."""
-
-    __slots__ = ("parts", "used", "marked", "size")
-
-    def __init__(self, used: np.ndarray) -> None:
-        self.parts: list[np.ndarray] = []
-        self.used = used
-        self.marked: list[np.ndarray] = []
-        self.size = 0
-
-    def add(self, rows: np.ndarray, texts: np.ndarray | None = None) -> None:
-        if len(rows):
-            self.parts.append(rows)
-            self.size += len(rows)
-        if texts is not None and len(texts):
-            self.used[texts] = True
-            self.marked.append(texts)
-
-    def close(self) -> np.ndarray:
-        """The batch's rows; its texts are unmarked."""
-        for texts in self.marked:
-            self.used[texts] = False
-        if not self.parts:
-            return np.empty(0, dtype=np.int64)
-        return np.concatenate(self.parts) if len(self.parts) > 1 else self.parts[0]
-
-
-class _Stream:
-    """Rows in epoch order, handed out to batches; a row that would repeat a text of the batch waits (``pending``)
-    and is offered first to the next batch (greedy fill, as sentence-transformers' ``NoDuplicatesBatchSampler``),
-    vectorised: clean rows go in bulk, rows with one shared text by a first-occurrence test in numpy, and only rows
-    with several shared texts one by one."""
-
-    def __init__(self, rows: np.ndarray, index: _DuplicateIndex | None) -> None:
-        self.rows = rows
-        self.index = index
-        self.pos = 0
-        self.pending = np.empty(0, dtype=np.int64)
-
-    @property
-    def exhausted(self) -> bool:
-        return self.pos >= len(self.rows) and not len(self.pending)
-
-    @property
-    def left(self) -> int:
-        return len(self.rows) - self.pos + len(self.pending)
-
-    def _offer(self, batch: _Batch, rows: np.ndarray, limit: int) -> tuple[int, np.ndarray]:
-        """Put the first ``limit`` rows of ``rows`` that fit into ``batch``; return (how many, the others in order)."""
-        index = self.index
-        assert index is not None
-        keys = index.key[rows]  # (R,)
-        fits = keys == _DuplicateIndex.CLEAN  # (R,)
-        single = np.flatnonzero(keys >= 0)
-        if len(single):
-            texts = keys[single]
-            _, first = np.unique(texts, return_index=True)  # the first row with each text
-            keep = np.zeros(len(single), dtype=bool)
-            keep[first] = True
-            keep &= ~batch.used[texts]
-            fits[single[keep]] = True
-        if fits.sum() > limit:
-            fits[np.flatnonzero(fits)[limit:]] = False
-        batch.add(rows[fits], keys[fits & (keys >= 0)])
-        taken = int(fits.sum())
-        for i in np.flatnonzero(keys == _DuplicateIndex.MULTI).tolist():
-            if taken == limit:
-                break
-            texts = index.multi[int(rows[i])]
-            if not batch.used[list(texts)].any():
-                batch.add(rows[i : i + 1], np.asarray(texts, dtype=np.int64))
-                fits[i] = True
-                taken += 1
-        return taken, rows[~fits]
-
-    def take(self, batch: _Batch, count: int) -> int:
-        """Move up to ``count`` rows that repeat no text of ``batch`` into it; return how many moved."""
-        if self.index is None:
-            chunk = self.rows[self.pos : self.pos + count]
-            self.pos += len(chunk)
-            batch.add(chunk)
-            return len(chunk)
-        taken = 0
-        if len(self.pending):
-            taken, self.pending = self._offer(batch, self.pending, count)
-        while taken < count and self.pos < len(self.rows):
-            chunk = self.rows[self.pos : self.pos + count - taken]  # every row of it fits unless it shares a text
-            self.pos += len(chunk)
-            moved, waiting = self._offer(batch, chunk, count - taken)
-            taken += moved
-            if len(waiting):
-                self.pending = np.concatenate([self.pending, waiting])
-        return taken
+INTERLEAVES: dict[str, Callable[[list[list[np.ndarray]], np.random.Generator], list[np.ndarray]]] = {
+    "proportional": proportional,
+    "round_robin": round_robin,
+}
+"""``single`` mode: how the per-dataset batches are interleaved, by name."""
 
 
 class MultiDatasetBatchSampler(BatchSampler):
@@ -281,12 +187,10 @@ class MultiDatasetBatchSampler(BatchSampler):
       (``drop_last=False``) cannot mix and is left out.
 
     No duplicates: with ``hashes`` (per dataset, the ``(n_d, K_d)`` int64 hashes of each row's texts from
-    :func:`row_hashes`) no text appears twice in a batch, across all fields (anchor, positive, negative) and datasets.
-    The fill is greedy and vectorised: rows whose texts occur nowhere else (found once in ``__init__``) go in bulk,
-    rows sharing one text with other rows by a first-occurrence test in numpy, and only rows with several shared
-    texts one by one; a row that would repeat a text waits and is offered first to the next batch. Rows still
-    waiting at the end of the epoch form the last batches (``"single"``) or are left out for the epoch
-    (``"mixed"``, to keep every batch mixed).
+    :func:`row_hashes`) no text appears twice in a batch, across all fields (anchor, positive, negative) and datasets:
+    the greedy fill of :mod:`lightembed.data.no_duplicates` (a row that would repeat a text waits and is offered
+    first to the next batch). Rows still waiting at the end of the epoch form the last batches (``"single"``) or are
+    left out for the epoch (``"mixed"``, to keep every batch mixed).
 
     Order: a function of ``(seed, epoch)``; the epoch is that of ``sampler`` (what Lightning advances with
     ``set_epoch``) or set with :meth:`set_epoch`. ``__len__`` is exact: it builds (and caches) the epoch.
@@ -341,7 +245,7 @@ class MultiDatasetBatchSampler(BatchSampler):
         if mode not in BATCHING_MODES:
             raise ValueError(f"mode must be one of {BATCHING_MODES}, got {mode!r}")
         if interleave not in INTERLEAVES:
-            raise ValueError(f"interleave must be one of {INTERLEAVES}, got {interleave!r}")
+            raise ValueError(f"interleave must be one of {list(INTERLEAVES)}, got {interleave!r}")
         if small_dataset not in SMALL_DATASET_POLICIES:
             raise ValueError(f"small_dataset must be one of {SMALL_DATASET_POLICIES}, got {small_dataset!r}")
         total = sum(sizes)
@@ -377,9 +281,7 @@ class MultiDatasetBatchSampler(BatchSampler):
         if mode == "mixed":
             self._check_mixable()
 
-        self.duplicates: _DuplicateIndex | None = None
-        if hashes is not None:
-            self._index_duplicates(hashes)
+        self.duplicates = None if hashes is None else DuplicateIndex.from_hashes(hashes, sizes, names)
 
     # ------------------------------------------------------------------ setup
     def _check_mixable(self) -> None:
@@ -396,37 +298,6 @@ class MultiDatasetBatchSampler(BatchSampler):
                 f"the {len(batches)} batches of an epoch, but the others hold {others} rows in all. Use a larger "
                 "batch_size, more rows from the smaller datasets, or mode 'single'"
             )
-
-    def _index_duplicates(self, hashes: Sequence[np.ndarray]) -> None:
-        if len(hashes) != len(self.sizes):
-            raise ValueError(f"got hashes for {len(hashes)} datasets, expected {len(self.sizes)}")
-        per_row: list[np.ndarray] = []
-        for name, size, h in zip(self.names, self.sizes, hashes, strict=True):
-            h = np.asarray(h, dtype=np.int64)
-            h = h.reshape(-1, 1) if h.ndim == 1 else h
-            if h.ndim != 2 or h.shape[0] != size:
-                raise ValueError(f"hashes of {name!r} must have shape ({size}, K), got {tuple(h.shape)}")
-            per_row.append(h)
-        flat = np.concatenate([h.ravel() for h in per_row])  # every text of every row
-        _, text_ids, counts = np.unique(flat, return_inverse=True, return_counts=True)  # one number per text
-        text_ids = text_ids.reshape(-1)
-        shared = counts[text_ids] > 1  # this text occurs more than once anywhere
-        key = np.full(sum(self.sizes), _DuplicateIndex.CLEAN, dtype=np.int64)
-        multi: dict[int, tuple[int, ...]] = {}
-        start = 0
-        for d, h in enumerate(per_row):
-            ids = text_ids[start : start + h.size].reshape(h.shape)  # (n_d, K)
-            mask = shared[start : start + h.size].reshape(h.shape)  # (n_d, K)
-            start += h.size
-            count = mask.sum(axis=1)  # (n_d,) texts of the row that occur elsewhere too
-            offset = int(self.offsets[d])
-            one = np.flatnonzero(count == 1)
-            key[one + offset] = ids[one, mask[one].argmax(axis=1)]
-            many = np.flatnonzero(count > 1)
-            key[many + offset] = _DuplicateIndex.MULTI
-            for row, row_ids, row_mask in zip(many.tolist(), ids[many].tolist(), mask[many].tolist(), strict=True):
-                multi[row + offset] = tuple(sorted({i for i, m in zip(row_ids, row_mask, strict=True) if m}))
-        self.duplicates = _DuplicateIndex(key=key, multi=multi, texts=len(counts))
 
     # ------------------------------------------------------------------ epochs
     def set_epoch(self, epoch: int) -> None:
@@ -469,27 +340,13 @@ class MultiDatasetBatchSampler(BatchSampler):
     @property
     def shared_rows(self) -> float:
         """Share of the rows holding a text that occurs in another row too (0 without hashes)."""
-        return 0.0 if self.duplicates is None else float((self.duplicates.key != _DuplicateIndex.CLEAN).mean())
-
-    def _used(self) -> np.ndarray:
-        return np.zeros(0 if self.duplicates is None else self.duplicates.texts, dtype=bool)
-
-    def _stream(self, rows: np.ndarray) -> _Stream:
-        return _Stream(rows, self.duplicates)
+        return 0.0 if self.duplicates is None else self.duplicates.shared_rows
 
     def _fill(self, rows: np.ndarray, keep_short: bool) -> list[np.ndarray]:
-        """Cut ``rows`` (epoch order) into batches, without duplicate texts when hashes were given."""
-        size = self.batch_size
-        if self.duplicates is None:
-            batches = [rows[i : i + size] for i in range(0, len(rows), size)]
-        else:
-            stream, batches, used = self._stream(rows), [], self._used()
-            while not stream.exhausted:
-                batch = _Batch(used)
-                stream.take(batch, size)
-                batches.append(batch.close())
+        """One dataset's batches: ``rows`` (epoch order) cut into batches, without duplicate texts with hashes."""
+        batches = fill_batches(rows, self.batch_size, self.duplicates)
         if self.drop_last and not keep_short:
-            batches = [b for b in batches if len(b) == size]
+            batches = [b for b in batches if len(b) == self.batch_size]
         return batches
 
     def _single(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -497,11 +354,7 @@ class MultiDatasetBatchSampler(BatchSampler):
         for d, size in enumerate(self.sizes):
             rows = self.offsets[d] + rng.permutation(size)
             per_dataset.append(self._fill(rows, keep_short=d in self.small))
-        if self.interleave == "proportional":
-            batches = [b for dataset in per_dataset for b in dataset]
-            return [batches[i] for i in rng.permutation(len(batches))]
-        rounds = min(len(dataset) for dataset in per_dataset)
-        return [per_dataset[d][i] for i in range(rounds) for d in rng.permutation(len(per_dataset))]
+        return INTERLEAVES[self.interleave](per_dataset, rng)
 
     def _mixed_batch_sizes(self) -> list[int]:
         total, size = sum(self.sizes), self.batch_size
@@ -527,10 +380,10 @@ class MultiDatasetBatchSampler(BatchSampler):
                 np.concatenate([main[j : j + 1], others[j : j + 1], rest[starts[j] : starts[j] + sizes[j] - 2]])
                 for j in range(count)
             ]
-        streams = [self._stream(main), self._stream(others), self._stream(rest)]
-        batches, used = [], self._used()
+        streams = [RowQueue(self.duplicates, main), RowQueue(self.duplicates, others), RowQueue(self.duplicates, rest)]
+        batches, marks = [], self.duplicates.marks()
         for size in sizes:
-            batch = _Batch(used)
+            batch = Batch(marks)
             streams[0].take(batch, 1)
             streams[1].take(batch, 1)
             for stream in (streams[2], streams[1], streams[0]):  # then top up from whatever is left

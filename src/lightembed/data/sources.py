@@ -17,19 +17,21 @@ and returns a :class:`datasets.Dataset` holding only the requested columns.
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
+import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from lightembed.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -148,19 +150,11 @@ def resolve_source(source: str, split: str = "train", data_root: str | None = No
     return ResolvedSource(source=source, hub_id=hub_id, hub_config=config or None)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def source_fingerprint(source: str, split: str = "train", data_root: str | None = None) -> dict:
     """What a run read, for its manifest: resolved local files with size and sha256, or the Hub id and split."""
     resolved = resolve_source(source, split, data_root)
     if resolved.is_local:
-        files = [{"path": str(f), "bytes": f.stat().st_size, "sha256": _sha256(f)} for f in resolved.files]
+        files = [{"path": str(f), "bytes": f.stat().st_size, "sha256": file_sha256(f)} for f in resolved.files]
         return {"source": source, "kind": "local", "files": files}
     return {"source": source, "kind": "hub", "id": resolved.hub_id, "config": resolved.hub_config, "split": split}
 
@@ -184,6 +178,17 @@ def _read_local(resolved: ResolvedSource) -> datasets.Dataset:
         raise ValueError(f"could not read {culprit} as {resolved.builder}: {cause}") from err
 
 
+def _read_hub(resolved: ResolvedSource, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
+    try:
+        return datasets.load_dataset(resolved.hub_id, resolved.hub_config, split=split, streaming=streaming)
+    except Exception as err:
+        err.add_note(
+            f"lightembed: {resolved.source!r} was read as a Hub dataset id because no local file matched it; "
+            f"for local data set the data_root option or ${DATA_ROOT_ENV}"
+        )
+        raise
+
+
 def _row_location(resolved: ResolvedSource, row: int, split: str) -> str:
     """'row R (0-based) of FILE' for row ``row`` of the dataset read from all of the source's files."""
     if not resolved.is_local:
@@ -197,9 +202,98 @@ def _row_location(resolved: ResolvedSource, row: int, split: str) -> str:
     return f"row {row} (0-based) of {resolved.files[0]}"
 
 
+def bad_row_message(what: str, location: str, count: int | None = None) -> str:
+    """The error for a bad row, the same for the in-memory and the streamed path; ``count`` where it is known."""
+    total = f" ({count} such row(s) in all)" if count is not None else ""
+    return f"{what} at {location}{total}. Fix the data or pass on_bad_row='skip' to drop such rows."
+
+
+@dataclass(frozen=True)
+class RowChecks:
+    """What makes a row bad: an empty text in ``text_columns``, a missing or non-finite ``score_column``, a score
+    outside ``score_range``. Checked in this order; the first failing check names the row's problem."""
+
+    text_columns: tuple[str, ...] = ()
+    score_column: str | None = None
+    score_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.score_range is not None and self.score_column is None:
+            raise ValueError("score_range needs score_column: the column whose values it bounds")
+        if self.score_range is not None and not self.score_range[0] <= self.score_range[1]:
+            raise ValueError(f"score_range must be (low, high) with low <= high, got {self.score_range}")
+
+    def text_problem(self, name: str) -> str:
+        return f"empty or whitespace-only text in column {name!r}"
+
+    def score_problem(self) -> str:
+        return f"missing or non-finite value in score column {self.score_column!r}"
+
+    def range_problem(self) -> str:
+        low, high = self.score_range or (math.nan, math.nan)
+        return f"value outside score_range [{low}, {high}] in column {self.score_column!r}"
+
+    def problem(self, row: Mapping[str, Any]) -> str | None:
+        """The first problem of one row (streamed path), None for a good row; the same rules as :meth:`masks`."""
+        for name in self.text_columns:
+            text = row.get(name)
+            if not isinstance(text, str) or not text.strip():
+                return self.text_problem(name)
+        if self.score_column is not None:
+            value = row.get(self.score_column)
+            try:
+                score = float(value)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                score = math.nan
+            if not math.isfinite(score):
+                return self.score_problem()
+            if self.score_range is not None and not self.score_range[0] <= score <= self.score_range[1]:
+                return self.range_problem()
+        return None
+
+    def masks(self, table: pa.Table, describe: str) -> list[tuple[str, np.ndarray]]:
+        """Per check, its problem and the ``(N,)`` mask of the rows failing it (in-memory path), in check order."""
+        checks: list[tuple[str, np.ndarray]] = []
+        for name in self.text_columns:
+            column = table[name]
+            is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+            if not (is_text or pa.types.is_null(column.type)):
+                raise ValueError(f"{describe}: column {name!r} should hold text but has type {column.type}")
+            checks.append((self.text_problem(name), _bad_text(column.cast(pa.string()))))
+        if self.score_column is not None:
+            try:
+                values = pc.cast(table[self.score_column], pa.float64()).to_numpy(zero_copy_only=False)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                raise ValueError(f"{describe}: column {self.score_column!r} should hold numbers: {err}") from err
+            values = np.asarray(values, dtype=np.float64)
+            checks.append((self.score_problem(), ~np.isfinite(values)))
+            if self.score_range is not None:
+                low, high = self.score_range
+                with np.errstate(invalid="ignore"):
+                    outside = np.isfinite(values) & ((values < low) | (values > high))
+                checks.append((self.range_problem(), outside))
+        return checks
+
+
 def _bad_text(column: pa.ChunkedArray) -> np.ndarray:
     empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
     return np.asarray(pc.fill_null(empty, True).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _check_options(on_bad_row: str, columns: Sequence[str], checks: RowChecks) -> None:
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    for name in [*checks.text_columns, *([checks.score_column] if checks.score_column else [])]:
+        if name not in columns:
+            raise ValueError(f"column {name!r} is checked but not among the requested columns {list(columns)}")
+
+
+def _missing_columns(resolved: ResolvedSource, columns: Sequence[str], found: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in found]
+    if missing:
+        raise ValueError(
+            f"{resolved.describe()}: missing column(s) {missing}; expected columns {list(columns)}, found {list(found)}"
+        )
 
 
 def load_source(
@@ -229,74 +323,89 @@ def load_source(
     Returns:
         A :class:`datasets.Dataset` with exactly ``columns``.
     """
-    if on_bad_row not in ("error", "skip"):
-        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
-    if score_range is not None and score_column is None:
-        raise ValueError("score_range needs score_column: the column whose values it bounds")
-    if score_range is not None and not score_range[0] <= score_range[1]:
-        raise ValueError(f"score_range must be (low, high) with low <= high, got {score_range}")
+    checks = RowChecks(tuple(text_columns or ()), score_column, score_range)
+    _check_options(on_bad_row, columns, checks)
     columns = list(columns)
     resolved = resolve_source(source, split, data_root)
-    if resolved.is_local:
-        ds = _read_local(resolved)
-    else:
-        try:
-            ds = datasets.load_dataset(resolved.hub_id, resolved.hub_config, split=split)
-        except Exception as err:
-            err.add_note(
-                f"lightembed: {source!r} was read as a Hub dataset id because no local file matched it; "
-                f"for local data set the data_root option or ${DATA_ROOT_ENV}"
-            )
-            raise
-
-    found = list(ds.column_names)
-    missing = [c for c in columns if c not in found]
-    if missing:
-        raise ValueError(
-            f"{resolved.describe()}: missing column(s) {missing}; expected columns {columns}, found {found}"
-        )
+    ds = _read_local(resolved) if resolved.is_local else _read_hub(resolved, split, streaming=False)
+    _missing_columns(resolved, columns, ds.column_names)
     ds = ds.select_columns(columns)
     if text_columns is None:
-        text_columns = [c for c in columns if getattr(ds.features[c], "dtype", None) in ("string", "large_string")]
-    for name in [*text_columns, *([score_column] if score_column else [])]:
-        if name not in columns:
-            raise ValueError(f"column {name!r} is checked but not among the requested columns {columns}")
+        names = tuple(c for c in columns if getattr(ds.features[c], "dtype", None) in ("string", "large_string"))
+        checks = RowChecks(names, score_column, score_range)
 
-    table = ds.with_format("arrow")
-    checks: list[tuple[str, np.ndarray]] = []
-    for name in text_columns:
-        column = table[name]
-        is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-        if not (is_text or pa.types.is_null(column.type)):
-            raise ValueError(f"{resolved.describe()}: column {name!r} should hold text but has type {column.type}")
-        checks.append((f"empty or whitespace-only text in column {name!r}", _bad_text(column.cast(pa.string()))))
-    if score_column is not None:
-        try:
-            values = pc.cast(table[score_column], pa.float64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-            raise ValueError(f"{resolved.describe()}: column {score_column!r} should hold numbers: {err}") from err
-        values = np.asarray(values, dtype=np.float64)
-        checks.append((f"missing or non-finite value in score column {score_column!r}", ~np.isfinite(values)))
-        if score_range is not None:
-            low, high = score_range
-            with np.errstate(invalid="ignore"):
-                outside = np.isfinite(values) & ((values < low) | (values > high))
-            checks.append((f"value outside score_range [{low}, {high}] in column {score_column!r}", outside))
-
+    masks = checks.masks(ds.with_format("arrow"), resolved.describe())
     bad = np.zeros(len(ds), dtype=bool)
-    counts = []
-    for what, mask in checks:
-        if not mask.any():
-            continue
-        if on_bad_row == "error":
-            first = int(np.flatnonzero(mask)[0])
-            raise ValueError(
-                f"{what} at {_row_location(resolved, first, split)}; {int(mask.sum())} such row(s) in all. "
-                "Fix the data or pass on_bad_row='skip' to drop such rows."
-            )
-        counts.append(f"{int(mask.sum())} with {what}")
+    for _, mask in masks:
         bad |= mask
-    if bad.any():
-        log.warning("%s: skipped %d of %d rows (%s)", resolved.describe(), int(bad.sum()), len(ds), "; ".join(counts))
-        ds = ds.select(np.flatnonzero(~bad))
-    return ds
+    if not bad.any():
+        return ds
+    if on_bad_row == "error":
+        first = int(np.flatnonzero(bad)[0])  # the first bad row, and its first failing check
+        what, mask = next((what, mask) for what, mask in masks if mask[first])
+        raise ValueError(bad_row_message(what, _row_location(resolved, first, split), int(mask.sum())))
+    counts = "; ".join(f"{int(mask.sum())} with {what}" for what, mask in masks if mask.any())
+    log.warning("%s: skipped %d of %d rows (%s)", resolved.describe(), int(bad.sum()), len(ds), counts)
+    return ds.select(np.flatnonzero(~bad))
+
+
+def _stream(resolved: ResolvedSource, split: str, files: Sequence[Path] | None = None) -> datasets.IterableDataset:
+    if resolved.is_local:
+        data_files = [str(f) for f in (resolved.files if files is None else files)]
+        return datasets.load_dataset(resolved.builder, data_files=data_files, split="train", streaming=True)
+    return _read_hub(resolved, split, streaming=True)
+
+
+def _first_bad_row(resolved: ResolvedSource, split: str, checks: RowChecks) -> tuple[str, str]:
+    """Error path of a streamed source: its first bad row in file order, as ``(problem, location)``.
+
+    The streamed rows may come shuffled; reading the files again in order names the same row that the in-memory
+    path names."""
+    parts: list[tuple[str, Iterator[dict]]] = []
+    if resolved.is_local:
+        parts = [(str(path), iter(_stream(resolved, split, [path]))) for path in resolved.files]
+    else:
+        parts = [(f"{resolved.describe()} split {split!r}", iter(_stream(resolved, split)))]
+    for name, rows in parts:
+        for index, row in enumerate(rows):
+            problem = checks.problem(row)
+            if problem is not None:
+                return problem, f"row {index} (0-based) of {name}"
+    raise AssertionError("a bad row was met but none is found on a second read")  # pragma: no cover
+
+
+def stream_source(
+    source: str,
+    columns: Sequence[str],
+    split: str = "train",
+    data_root: str | None = None,
+    *,
+    text_columns: Sequence[str] = (),
+    score_column: str | None = None,
+    score_range: tuple[float, float] | None = None,
+    on_bad_row: OnBadRow = "error",
+) -> datasets.IterableDataset:
+    """:func:`load_source` read lazily (``datasets`` streaming), for sources larger than memory.
+
+    The same resolution, column check (on the first row) and row checks, with the same messages; bad rows are found
+    as the rows are read. An error names the source's first bad row in file order, as :func:`load_source` does;
+    there is no count of bad rows (that would need a full pass). Columns other than ``columns`` are kept (the
+    caller maps them).
+    """
+    checks = RowChecks(tuple(text_columns), score_column, score_range)
+    _check_options(on_bad_row, columns, checks)
+    resolved = resolve_source(source, split, data_root)
+    ds = _stream(resolved, split)
+    first = next(iter(ds.take(1)), None)
+    if first is None:
+        raise ValueError(f"{resolved.describe()} is empty")
+    _missing_columns(resolved, columns, list(first))
+
+    def good(row: dict[str, Any]) -> bool:
+        if checks.problem(row) is None:
+            return True
+        if on_bad_row == "error":
+            raise ValueError(bad_row_message(*_first_bad_row(resolved, split, checks)))
+        return False
+
+    return ds.filter(good)

@@ -1,0 +1,235 @@
+"""Row formats: how the columns of a source become the fields of training rows, each format defined once.
+
+A format names the source columns it reads by default (Hub column names, so a local copy and the Hub dataset read
+alike), the fields they become, and how rows are converted. Every data module and both reading paths (in memory and
+streamed) take their formats from :data:`FORMATS`:
+
+==================== ============================================ ===============================================
+format               default ``columns`` (source -> field)         training rows
+==================== ============================================ ===============================================
+pairs                sentence1->anchor, sentence2->positive       anchor, positive (a third column mapped to
+                                                                  ``negative`` makes triplets)
+scored_pairs         sentence1->anchor, sentence2->positive,      anchor, positive, score
+                     score->score
+triplets             anchor, positive, negative                   anchor, positive, negative
+nli_triplets         premise, hypothesis, label                   premise, entailed hypothesis, contradicting one
+nli_scored_pairs     premise, hypothesis, label                   premise, hypothesis, score per label
+                                                                  (``nli_scores``)
+nli_entailment_pairs premise, hypothesis, label                   premise, entailed hypothesis
+==================== ============================================ ===============================================
+
+STS sets (validation, test) are ``scored_pairs`` with the default columns (:data:`STS_COLUMNS`), read by
+:func:`load_sts`.
+
+The old name ``nli_pairs`` meant ``nli_scored_pairs`` in :class:`~lightembed.data.PairDataModule` but
+``nli_entailment_pairs`` in a multi-dataset source; it still reads as it did in each place, with a warning naming
+the new name (:func:`format_named`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import datasets
+
+from lightembed.data.collators import TEXT_FIELDS
+from lightembed.data.nli import DEFAULT_PAIR_SCORES, NLI_LABELS, nli_label_id, nli_to_pairs, nli_to_triplets
+from lightembed.data.sources import OnBadRow, load_source
+
+NLI_FIELDS = ("premise", "hypothesis", "label")
+"""Fields an ``nli_*`` format maps its source columns to, before the conversion."""
+
+FormatName = Literal["pairs", "scored_pairs", "triplets", "nli_triplets", "nli_scored_pairs", "nli_entailment_pairs"]
+
+Conversion = Literal["none", "nli_triplets", "nli_scored_pairs", "nli_entailment_pairs"]
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """One row format.
+
+    Attributes:
+        name: the format's name in configs.
+        columns: default source column -> field.
+        required: fields every mapping must produce.
+        optional: fields a mapping may add (``pairs`` + ``negative``).
+        conversion: how mapped rows become training rows (NLI rows are regrouped; the others are kept).
+    """
+
+    name: str
+    columns: Mapping[str, str]
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    conversion: Conversion = "none"
+
+    @property
+    def is_nli(self) -> bool:
+        return self.conversion != "none"
+
+    @property
+    def streamable(self) -> bool:
+        """Whether rows convert one at a time; ``nli_triplets`` groups the hypotheses of a premise over the source."""
+        return self.conversion != "nli_triplets"
+
+    @property
+    def has_score(self) -> bool:
+        """Whether its training rows carry a ``score``."""
+        return "score" in self.required or self.conversion == "nli_scored_pairs"
+
+    def mapping(self, columns: Mapping[str, str] | None, option: str | None = None) -> dict[str, str]:
+        """``columns`` (default: the format's) checked against the fields the format reads."""
+        mapping = dict(self.columns if columns is None else columns)
+        option = option or f"columns for format {self.name!r}"
+        fields = list(mapping.values())
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"{option} map two source columns to the same field: {mapping}")
+        missing = [f for f in self.required if f not in fields]
+        unknown = [f for f in fields if f not in (*self.required, *self.optional)]
+        if missing or unknown:
+            required = ", ".join(map(repr, self.required))
+            optional = f" and optionally {', '.join(map(repr, self.optional))}" if self.optional else ""
+            raise ValueError(
+                f"{option} must map source columns to each of {required}{optional}, one column per field; got {mapping}"
+            )
+        return mapping
+
+    def fields(self, mapping: Mapping[str, str]) -> list[str]:
+        """The fields of its training rows, in batch order."""
+        if self.conversion == "nli_triplets":
+            return list(TEXT_FIELDS)
+        if self.conversion == "nli_entailment_pairs":
+            return ["anchor", "positive"]
+        if self.conversion == "nli_scored_pairs":
+            return ["anchor", "positive", "score"]
+        present = set(mapping.values())
+        return [f for f in (*TEXT_FIELDS, "score") if f in present]
+
+
+_NLI_COLUMNS = {"premise": "premise", "hypothesis": "hypothesis", "label": "label"}
+
+FORMATS: dict[str, RowFormat] = {
+    f.name: f
+    for f in (
+        RowFormat("pairs", {"sentence1": "anchor", "sentence2": "positive"}, ("anchor", "positive"), ("negative",)),
+        RowFormat(
+            "scored_pairs",
+            {"sentence1": "anchor", "sentence2": "positive", "score": "score"},
+            ("anchor", "positive", "score"),
+        ),
+        RowFormat(
+            "triplets",
+            {"anchor": "anchor", "positive": "positive", "negative": "negative"},
+            ("anchor", "positive", "negative"),
+        ),
+        RowFormat("nli_triplets", _NLI_COLUMNS, NLI_FIELDS, conversion="nli_triplets"),
+        RowFormat("nli_scored_pairs", _NLI_COLUMNS, NLI_FIELDS, conversion="nli_scored_pairs"),
+        RowFormat("nli_entailment_pairs", _NLI_COLUMNS, NLI_FIELDS, conversion="nli_entailment_pairs"),
+    )
+}
+"""Every row format by name."""
+
+DEPRECATED_FORMATS = {"nli_pairs": ("nli_scored_pairs", "nli_entailment_pairs")}
+"""Old ambiguous names -> the new names they split into."""
+
+STS_COLUMNS: tuple[str, ...] = tuple(FORMATS["scored_pairs"].columns)
+"""Columns of an STS source (``sentence1``, ``sentence2``, ``score``); they become ``anchor``, ``positive``,
+``score``."""
+
+
+def format_named(
+    name: str, option: str, allowed: tuple[str, ...] = tuple(FORMATS), old_meaning: str | None = None
+) -> RowFormat:
+    """The format called ``name`` for option ``option``, if ``allowed`` there.
+
+    ``nli_pairs`` (deprecated) reads as ``old_meaning``, what it meant for this option, with a FutureWarning naming
+    the new name; without an ``old_meaning`` it is an error naming both new names.
+    """
+    if name in DEPRECATED_FORMATS:
+        scored, entailment = DEPRECATED_FORMATS[name]
+        meanings = f"{scored!r} (every NLI label as a scored pair) or {entailment!r} (entailment pairs only)"
+        if old_meaning is None:
+            raise ValueError(f"{option}={name!r} is ambiguous and no longer read: use {meanings}")
+        warnings.warn(
+            f"{option}={name!r} is deprecated: it reads as {old_meaning!r} here; write {option}: {old_meaning} "
+            f"(the new names are {meanings})",
+            FutureWarning,
+            stacklevel=3,
+        )
+        name = old_meaning
+    if name not in allowed:
+        raise ValueError(f"{option} must be one of {list(allowed)}, got {name!r}")
+    return FORMATS[name]
+
+
+def check_nli_scores(scores: Mapping[str, float] | None) -> dict[str, float]:
+    """Score per NLI label name for ``nli_scored_pairs`` (default entailment 1.0, neutral 0.5, contradiction 0.0)."""
+    scores = dict(DEFAULT_PAIR_SCORES if scores is None else scores)
+    unknown = sorted(set(scores) - set(NLI_LABELS))
+    if unknown:
+        raise ValueError(f"nli_scores has unknown label name(s) {unknown}; known labels are {list(NLI_LABELS)}")
+    return scores
+
+
+def checked_columns(fmt: RowFormat, mapping: Mapping[str, str]) -> tuple[list[str], str | None]:
+    """The source columns that must hold text, and the one that must hold finite scores (if any)."""
+    text = [src for src, dst in mapping.items() if dst not in ("score", "label")]
+    score = next((src for src, dst in mapping.items() if dst == "score"), None)
+    return text, score
+
+
+def to_fields(ds: datasets.Dataset, mapping: Mapping[str, str]) -> datasets.Dataset:
+    """The mapped source columns only, renamed to their fields."""
+    ds = ds.select_columns(list(mapping))
+    renames = {src: dst for src, dst in mapping.items() if src != dst}
+    return ds.rename_columns(renames) if renames else ds
+
+
+def convert(
+    ds: datasets.Dataset,
+    fmt: RowFormat,
+    on_bad_row: OnBadRow = "error",
+    nli_scores: Mapping[str, float] | None = None,
+) -> datasets.Dataset:
+    """Rows with the fields of ``fmt`` (after :func:`to_fields`) converted to training rows (in memory)."""
+    if fmt.conversion == "nli_triplets":
+        return nli_to_triplets(ds, on_bad_row=on_bad_row)
+    if fmt.conversion == "nli_scored_pairs":
+        return nli_to_pairs(ds, check_nli_scores(nli_scores), on_bad_row=on_bad_row)
+    if fmt.conversion == "nli_entailment_pairs":
+        return nli_to_pairs(ds, {"entailment": 1.0}, on_bad_row=on_bad_row).remove_columns("score")
+    return ds
+
+
+def convert_row(
+    row: Mapping[str, Any], fmt: RowFormat, nli_scores: Mapping[str, float] | None = None
+) -> dict[str, Any] | None:
+    """One row with the fields of ``fmt`` converted to a training row (streamed path); None drops it.
+
+    Raises:
+        ValueError: an NLI label that is missing or unknown (the caller decides whether to skip the row).
+    """
+    if not fmt.is_nli:
+        return dict(row)
+    if fmt.conversion == "nli_triplets":
+        raise ValueError("format 'nli_triplets' groups rows over the whole source and cannot convert one row")
+    label = nli_label_id(row["label"])
+    if label < 0:
+        raise ValueError(f"bad NLI label {row['label']!r}")
+    name = NLI_LABELS[label]
+    if fmt.conversion == "nli_entailment_pairs":
+        return {"anchor": row["premise"], "positive": row["hypothesis"]} if name == "entailment" else None
+    scores = check_nli_scores(nli_scores)
+    if name not in scores:
+        return None
+    return {"anchor": row["premise"], "positive": row["hypothesis"], "score": float(scores[name])}
+
+
+def load_sts(source: str, split: str, data_root: str | None = None, on_bad_row: OnBadRow = "error") -> datasets.Dataset:
+    """An STS set (:data:`STS_COLUMNS`) as rows ``anchor``, ``positive``, ``score``: validation and test data."""
+    fmt = FORMATS["scored_pairs"]
+    mapping = dict(fmt.columns)
+    ds = load_source(source, list(mapping), split, data_root, score_column="score", on_bad_row=on_bad_row)
+    return to_fields(ds, mapping)
