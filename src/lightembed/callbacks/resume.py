@@ -6,7 +6,6 @@ The pipeline adds :class:`ResumeCheckpoint` to every stage; a rerun continues an
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import shutil
@@ -19,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 
 from lightembed.callbacks.export import ExportCallback
+from lightembed.provenance import bytes_sha256
 
 
 def export_callback(trainer: L.Trainer) -> ExportCallback:
@@ -34,7 +34,7 @@ def export_callback(trainer: L.Trainer) -> ExportCallback:
 
 def epoch_seed(base_seed: int, epoch: int, rank: int = 0) -> int:
     """The seed of one epoch on one rank: a hash of ``(base_seed, epoch, rank)`` in ``[0, 2**32)``."""
-    digest = hashlib.sha256(f"{base_seed}:{epoch}:{rank}".encode()).digest()
+    digest = bytes.fromhex(bytes_sha256(f"{base_seed}:{epoch}:{rank}".encode()))
     return int.from_bytes(digest[:4], "little")
 
 
