@@ -252,6 +252,8 @@ class Encoder(nn.Module):
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        # a re-export that dies half way must not leave the marker of the previous, complete export behind
+        (folder / SETTINGS_FILE).unlink(missing_ok=True)
         self.merged_backbone(folder / "adapter").save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         modules = [

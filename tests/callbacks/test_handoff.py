@@ -132,10 +132,6 @@ def test_an_interrupted_export_never_looks_complete(tiny_bert_dir, tmp_path, mon
     assert not export_complete(tmp_path / "export")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Encoder.save_pretrained must remove lightembed.json before rewriting a folder (src/lightembed/encoder.py)",
-)
 def test_an_interrupted_re_export_never_looks_complete(tiny_bert_dir, tmp_path, monkeypatch):
     folder = adapted_stage(tiny_bert_dir, None).encoder.save_pretrained(tmp_path / "export")
     assert export_complete(folder)

@@ -12,8 +12,9 @@ from lightembed.losses import AnglEObjectiveLoss, CoSENTLoss
 from lightembed.stages import ContrastiveModule
 
 
-def _module(tiny_bert_dir, **kwargs) -> ContrastiveModule:
-    return ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32), **kwargs)
+def _module(tiny_bert_dir, normalize: bool = False, dropout: float | None = None, **kwargs) -> ContrastiveModule:
+    settings = EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, normalize=normalize, dropout=dropout)
+    return ContrastiveModule(settings, **kwargs)
 
 
 def _data(tiny_bert_dir, sts_file, **kwargs) -> PairDataModule:
@@ -86,9 +87,9 @@ def test_validate_and_test_report_the_same_spearman_as_the_evaluator(tiny_bert_d
 
 @pytest.mark.parametrize("fast_bf16", [True, False])
 def test_bf16_on_a_cpu_without_native_bf16_warns_with_the_fix(tiny_bert_dir, tmp_path, monkeypatch, fast_bf16):
-    import lightembed.stages.base as base
+    import lightembed.stages.checks as checks
 
-    monkeypatch.setattr(base, "cpu_has_fast_bf16", lambda: fast_bf16)
+    monkeypatch.setattr(checks, "cpu_has_fast_bf16", lambda: fast_bf16)
 
     def warnings_at_fit_start(precision: str) -> list[str]:
         module = _module(tiny_bert_dir)
