@@ -243,6 +243,15 @@ def test_text_and_sts_validation_loaders(make_dm, corpus_dir, minilm_path):
     assert torch.equal(got["score"], expected["score"])
 
 
+def test_is_an_evaluation_set_source(make_dm):
+    from lightembed.data.batches import EvaluationSets, evaluation_sets
+
+    dm = make_dm(train="lines.txt", objective="mntp", val="heldout.txt", sts_val={"sts": "sts.jsonl"}, batch_size=4)
+    assert isinstance(dm, EvaluationSets) and evaluation_sets(dm) is dm
+    assert dm.val_names[-len(dm.sts_val_names) :] == dm.sts_val_names == ["sts"]  # the STS loaders come last
+    assert dm.test_names == [] and dm.batch_size == 4
+
+
 def test_sts_only_validation_and_simcse_text_val(make_dm):
     dm = make_dm(train="lines.txt", sts_val={"a": "sts.jsonl", "b": "sts.jsonl"})
     assert dm.val_names == ["a", "b"] and dm.text_val_index is None

@@ -1,4 +1,5 @@
-"""Sources: local formats, data root resolution, Hub ids (faked), and errors that name the file and row."""
+"""Sources: local formats, data root resolution, Hub ids (faked), errors that name the file and row, and the same
+checks and messages when a source is streamed."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import pytest
 from lightembed.data import sources
 from lightembed.data.sources import (
     DATA_ROOT_ENV,
+    bad_row_message,
     load_source,
     resolve_data_root,
     resolve_source,
     source_fingerprint,
+    stream_source,
 )
 
 STS = ["sentence1", "sentence2", "score"]
@@ -272,3 +275,43 @@ def test_real_stsb_validation_through_data_root(shared_data):
     ds = load_source("sts/stsb/validation.jsonl", STS, data_root=str(shared_data), score_column="score")
     assert len(ds) == 1500
     assert len(load_source("sts/stsb", STS, split="validation", data_root=str(shared_data))) == 1500
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ({"sentence1": "  "}, "empty or whitespace-only text in column 'sentence1'"),
+        ({"score": None}, "missing or non-finite value in score column 'score'"),
+        ({"score": 9.0}, "value outside score_range [0.0, 5.0] in column 'score'"),
+    ],
+)
+def test_in_memory_and_streamed_reading_reject_the_same_bad_row_with_the_same_message(
+    tmp_path, write_jsonl, bad, problem
+):
+    rows = [{"sentence1": f"s{i}", "sentence2": "b", "score": 1.0} for i in range(8)]
+    rows[5].update(bad)  # row 1 of the second file
+    write_jsonl(tmp_path / "part-1.jsonl", rows[:4])
+    second = write_jsonl(tmp_path / "part-2.jsonl", rows[4:])
+    options = {"text_columns": ["sentence1", "sentence2"], "score_column": "score", "score_range": (0.0, 5.0)}
+    source = str(tmp_path / "part-*.jsonl")
+    with pytest.raises(ValueError) as in_memory:
+        load_source(source, STS, **options)
+    with pytest.raises(ValueError) as streamed:
+        list(stream_source(source, STS, **options).shuffle(seed=0, buffer_size=8))  # rows met out of order
+    location = f"row 1 (0-based) of {second}"
+    assert str(in_memory.value) == bad_row_message(problem, location, count=1)
+    assert str(streamed.value) == bad_row_message(problem, location)  # a stream does not count its bad rows
+    assert str(in_memory.value).replace(" (1 such row(s) in all)", "") == str(streamed.value)
+
+    assert len(load_source(source, STS, **options, on_bad_row="skip")) == 7
+    assert len(list(stream_source(source, STS, **options, on_bad_row="skip"))) == 7
+
+
+def test_streamed_source_checks_columns_like_load_source(tmp_path, write_jsonl):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"sentence1": "a", "text_b": "b", "score": 1.0}])
+    with pytest.raises(ValueError) as in_memory:
+        load_source(str(path), STS)
+    with pytest.raises(ValueError) as streamed:
+        stream_source(str(path), STS)
+    assert str(in_memory.value) == str(streamed.value)
+    assert "missing column(s) ['sentence2']" in str(streamed.value)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightembed.data import MultiDatasetDataModule, PairSource
+from lightembed.data import MultiDatasetDataModule, PairSource, load_pairs
 from lightembed.data.collators import normalize_text
 from lightembed.data.pair_sources import stream_pairs
 from lightembed.data.streaming import StreamingPairBatches
@@ -161,3 +161,36 @@ def test_a_source_that_cannot_fill_a_batch_ends_with_a_warning(root, caplog):
         batches = list(StreamingPairBatches(streams, 4, interleave="proportional", shuffle_buffer=0))
     assert "streamed source 'same'" in caplog.text
     assert batches and all(_source(b[0]) == "anchor" and _no_duplicate_text(b) for b in batches)
+
+
+def test_load_pairs_and_stream_pairs_reject_the_same_bad_row(root):
+    rows = [{"sentence1": f"s{i}", "sentence2": f"t{i}", "label": i % 2} for i in range(6)]
+    rows[2]["sentence2"] = ""  # a row that `where` would drop is still a bad row, on both paths
+    (root / "bad_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"source": "bad_pairs.jsonl", "where": {"label": 1}}
+    with pytest.raises(ValueError) as in_memory:
+        load_pairs(PairSource(**spec), str(root))
+    with pytest.raises(ValueError) as streamed:
+        list(stream_pairs(PairSource(**spec, streaming=True), str(root)))
+    expected = f"empty or whitespace-only text in column 'sentence2' at row 2 (0-based) of {root / 'bad_pairs.jsonl'}"
+    assert str(in_memory.value).startswith(expected) and str(streamed.value).startswith(expected)
+    assert str(in_memory.value).replace(" (1 such row(s) in all)", "") == str(streamed.value)
+    kept = list(stream_pairs(PairSource(**spec, streaming=True), str(root), on_bad_row="skip"))
+    assert kept == load_pairs(PairSource(**spec), str(root), on_bad_row="skip").to_list()
+
+
+def test_streamed_nli_labels_are_checked_like_in_memory(root):
+    rows = [
+        {"premise": "p0", "hypothesis": "h0", "label": "entailment"},
+        {"premise": "p1", "hypothesis": "h1", "label": "-"},  # SNLI's "no gold label"
+        {"premise": "p2", "hypothesis": "h2", "label": "Entailment "},
+    ]
+    (root / "nli_bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = {"source": "nli_bad.jsonl", "format": "nli_entailment_pairs"}
+    with pytest.raises(ValueError, match="bad NLI label '-' in column 'label'"):
+        load_pairs(PairSource(**spec), str(root))
+    with pytest.raises(ValueError, match="bad NLI label '-' in column 'label'"):
+        list(stream_pairs(PairSource(**spec, streaming=True), str(root)))
+    streamed = list(stream_pairs(PairSource(**spec, streaming=True), str(root), on_bad_row="skip"))
+    assert streamed == load_pairs(PairSource(**spec), str(root), on_bad_row="skip").to_list()
+    assert [r["anchor"] for r in streamed] == ["p0", "p2"]
