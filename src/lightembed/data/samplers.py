@@ -48,8 +48,8 @@ class EpochRandomSampler(RandomSampler):
 
     The permutation is torch's ``randperm`` with a generator seeded by ``seed + epoch``: the order torch's
     ``DistributedSampler`` gives on one device, and the order sentence-transformers' trainer gives in its first epoch
-    with the same seed. So a lightembed run and a peer run with the same seed see the same batches, and their
-    comparison is paired: with the same loss they train alike (see ``benchmarks/stsb_angle.py``).
+    with the same seed. So a lightembed run and a peer run with the same seed see the same batches, which makes
+    their comparison paired: a difference in the result comes from the training, not from the batch order.
 
     Subclasses :class:`~torch.utils.data.RandomSampler` so Lightning knows the data is shuffled.
 
