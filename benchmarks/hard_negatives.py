@@ -44,7 +44,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from lightembed.api import load_encoder  # noqa: E402
-from lightembed.data.multi import MultiDatasetDataModule, PairSource, load_pairs  # noqa: E402
+from lightembed.data import MultiDatasetDataModule, PairSource, load_pairs  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
 from lightembed.encoder import EncoderSettings  # noqa: E402
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
@@ -76,7 +76,7 @@ def build_sets(data_root: str, n_snli: int, n_sick: int, folder: Path) -> dict[s
     snli = load_pairs(PairSource(SNLI, format="nli_triplets", limit=n_snli), data_root)
     sick = load_pairs(PairSource(SICK, where={"label": "entailment"}, limit=n_sick), data_root)
     pools = {
-        "snli": load_pairs(PairSource(SNLI, format="nli_pairs"), data_root)["positive"][:],
+        "snli": load_pairs(PairSource(SNLI, format="nli_entailment_pairs"), data_root)["positive"][:],
         "sick": load_pairs(PairSource(SICK, where={"label": "entailment"}), data_root)["positive"][:],
     }
     rows = {

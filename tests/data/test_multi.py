@@ -172,12 +172,12 @@ def test_duplicates_in_a_batch_are_positives_for_the_loss(make_dm):
 
 def test_training_step_on_multi_dataset_batches(make_dm, tiny_bert_dir):
     from lightembed.encoder import EncoderSettings
-    from lightembed.losses import AnglELoss
+    from lightembed.losses import AnglEObjectiveLoss
     from lightembed.stages import ContrastiveModule
 
     dm = make_dm(batch_size=3, train={"nli": SOURCES["nli"], "nli2": {**SOURCES["nli"], "limit": 3}})
     dm.setup("fit")
-    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32), loss=AnglELoss())
+    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32), loss=AnglEObjectiveLoss())
     module.configure_model()
     for i, batch in enumerate(dm.train_dataloader()):
         loss = module.training_step(batch, i)

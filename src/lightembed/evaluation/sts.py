@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
+from lightembed.data.formats import STS_COLUMNS
 from lightembed.data.sources import load_source, resolve_data_root, resolve_source
 from lightembed.encoder import TextEncoder
 from lightembed.evaluation.encoding import Embedder, EncodeCache
-
-STS_COLUMNS = ("sentence1", "sentence2", "score")
 
 STS_ALL: dict[str, tuple[tuple[str, ...], str]] = {
     "sts12": (("sts/sts12/test.jsonl",), "mteb/sts12-sts"),

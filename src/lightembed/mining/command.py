@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from lightembed.data.collators import normalize_text
-from lightembed.mining.search import Encoder, mine_hard_negatives
+from lightembed.data.pair_sources import SOURCE_FORMATS
+from lightembed.mining.search import Embedder, mine_hard_negatives
 from lightembed.provenance import file_sha256, git_commit
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="encoder: Hub id, local folder, packaged:<name>, or a Lightning .ckpt")
     parser.add_argument("--input", required=True, help="pairs/triplets/NLI source: local file or Hub id")
     parser.add_argument("--output", required=True, help="triplet jsonl to write (provenance beside it)")
-    parser.add_argument(
-        "--format", default="pairs", choices=["pairs", "triplets", "nli_triplets", "nli_pairs"], help="input format"
-    )
+    parser.add_argument("--format", default="pairs", choices=list(SOURCE_FORMATS), help="input format")
     parser.add_argument("--columns", nargs="+", metavar="SOURCE=FIELD", help="column mapping (default per format)")
     parser.add_argument("--where", nargs="+", metavar="COLUMN=VALUE", help="keep rows with these values (JSON)")
     parser.add_argument("--min-score", type=float, default=None, help="keep rows whose score column is >= this")
@@ -99,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def mine_negatives_main(argv: Sequence[str], encoder: Encoder | None = None) -> dict[str, Any]:
+def mine_negatives_main(argv: Sequence[str], encoder: Embedder | None = None) -> dict[str, Any]:
     """``lightembed mine-negatives``: mine, write ``--output`` and its provenance; return the provenance.
 
     ``encoder`` replaces loading ``MODEL`` (tests pass a small fake one; ``MODEL`` is still recorded).

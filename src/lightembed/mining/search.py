@@ -28,7 +28,7 @@ from torch import Tensor
 from lightembed.data.collators import normalize_text
 
 
-class Encoder(Protocol):
+class Embedder(Protocol):
     """What mining needs from a model: :meth:`lightembed.stages.base.EmbeddingModule.encode`'s signature."""
 
     def encode(
@@ -145,7 +145,7 @@ def top_k_candidates(
 def mine_hard_negatives(
     anchors: Sequence[str],
     positives: Sequence[str],
-    encoder: Encoder,
+    encoder: Embedder,
     *,
     candidates: Sequence[str] | None = None,
     k: int = 1,
