@@ -40,12 +40,21 @@ ATOL = 2e-5
 
 
 class ShardData(L.LightningDataModule):
-    """Rank ``r`` of ``world`` reads rows ``[s·world·b + r·b, ... + b)`` at step ``s`` (b = rows per rank)."""
+    """Rank ``r`` of ``world`` reads rows ``[s·world·b + r·b, ... + b)`` at step ``s`` (b = rows per rank).
+
+    No validation or test sets: it declares empty ones, as every data module a stage trains on declares its sets
+    (``lightembed.data.batches.EvaluationSets``).
+    """
+
+    val_names: list[str] = []
+    sts_val_names: list[str] = []
+    test_names: list[str] = []
 
     def __init__(self, tokenizer_dir: str, rows_per_rank: int) -> None:
         super().__init__()
         self.tokenizer_dir = tokenizer_dir
         self.rows_per_rank = rows_per_rank
+        self.batch_size = rows_per_rank
 
     def train_dataloader(self) -> DataLoader:
         from lightembed.backbones import load_tokenizer

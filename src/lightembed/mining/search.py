@@ -29,7 +29,7 @@ from lightembed.data.collators import normalize_text
 
 
 class Embedder(Protocol):
-    """What mining needs from a model: :meth:`lightembed.stages.base.EmbeddingModule.encode`'s signature."""
+    """What mining needs from a model: :meth:`lightembed.encoder.Encoder.encode`'s signature."""
 
     def encode(
         self, texts: Sequence[str], batch_size: int = ..., normalize: bool | None = ..., precision: str = ...
