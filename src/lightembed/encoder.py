@@ -372,13 +372,22 @@ def _from_checkpoint(path: Path, overrides: dict[str, Any]) -> Encoder:
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     if FROZEN_BASE_KEY in checkpoint:
-        trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
-        missing = [n for n in trainable if n not in state]
-        if missing:
-            raise KeyError(f"adapter-only checkpoint {path} lacks trainable weights {missing[:3]} (of {len(missing)})")
-        state = {**encoder.state_dict(), **state}
+        fill_frozen_weights(encoder, state, str(path))
     encoder.load_state_dict(state)
     return encoder
+
+
+def fill_frozen_weights(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Complete an adapter-only state dict (a LoRA stage's checkpoint) in place with ``model``'s frozen weights,
+    just loaded from the base, so loading stays strict; every trainable weight must be in ``state``."""
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in state]
+    if missing:
+        raise KeyError(
+            f"adapter-only checkpoint {source} lacks trainable weights {missing[:3]} (of {len(missing)}): was it "
+            "written with other `encoder.lora` settings?"
+        )
+    for name, value in model.state_dict().items():
+        state.setdefault(name, value)
 
 
 def _write_json(path: Path, obj: object) -> None:

@@ -19,7 +19,14 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import Tensor, nn
 
 from lightembed.data.batches import Features, PairBatch, evaluation_sets
-from lightembed.encoder import ENCODER_SETTINGS_KEY, FROZEN_BASE_KEY, Encoder, EncoderSettings, encode_texts
+from lightembed.encoder import (
+    ENCODER_SETTINGS_KEY,
+    FROZEN_BASE_KEY,
+    Encoder,
+    EncoderSettings,
+    encode_texts,
+    fill_frozen_weights,
+)
 from lightembed.stages import checks
 from lightembed.stages.batch_embedding import BatchEmbedding, LossFn, PlainEmbedding
 from lightembed.stages.optim import decay_groups, default_optimizer, warmup_schedule
@@ -186,15 +193,7 @@ class EmbeddingModule(L.LightningModule):
         if FROZEN_BASE_KEY not in checkpoint:
             return
         self.configure_model()
-        state = checkpoint["state_dict"]
-        missing_trainable = [n for n, p in self.named_parameters() if p.requires_grad and n not in state]
-        if missing_trainable:
-            raise KeyError(
-                f"adapter-only checkpoint lacks trainable weights {missing_trainable[:3]} (of {len(missing_trainable)})"
-                f": was it written with other `lora` settings than {self.settings.lora}?"
-            )
-        for name, value in self.state_dict().items():
-            state.setdefault(name, value)
+        fill_frozen_weights(self, checkpoint["state_dict"], f"of {type(self).__name__}")
 
     # -------------------------------------------------------------- optimiser
     def parameter_groups(self) -> list[dict[str, Any]]:
