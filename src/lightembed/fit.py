@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightembed.strategies  # noqa: F401  (registers the `fsdp2` and `fsdp_blocks` strategy names)
+from lightembed.interrupts import handle_interrupts
 from lightembed.stages.base import EmbeddingModule
 
 BACKBONE_OPTION = "model.init_args.encoder.backbone"
@@ -63,14 +64,18 @@ class LightembedCLI(LightningCLI):
 
 
 def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LightembedCLI:
-    """Build (and by default run) the LightningCLI; ``run=False`` only parses and instantiates (used by tests)."""
-    return LightembedCLI(
-        EmbeddingModule,
-        L.LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=list(args) if args is not None else None,
-        run=run,
-    )
+    """Build (and by default run) the LightningCLI; ``run=False`` only parses and instantiates (used by tests).
+
+    SIGTERM/SIGINT stop a run at a batch boundary and exit with 143/130 (:mod:`lightembed.interrupts`).
+    """
+    with handle_interrupts("fit"):
+        return LightembedCLI(
+            EmbeddingModule,
+            L.LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=list(args) if args is not None else None,
+            run=run,
+        )
