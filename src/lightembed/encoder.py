@@ -13,36 +13,41 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import PeftModel
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from lightembed.backbones import load_backbone, load_tokenizer, resolve_model_path
 from lightembed.data.batches import Features
 from lightembed.data.collators import PairCollator
 from lightembed.lora import LoRASettings, apply_lora, load_quantized, merge_into_base, save_adapter
+from lightembed.model_card import ModelCardData, render_model_card
 from lightembed.pooling import POOLING_STRATEGIES, pool
+from lightembed.st_folder import (
+    SETTINGS_FILE,
+    copy_pooler_weights,
+    folder_prompts,
+    folder_settings,
+    write_json,
+    write_st_files,
+    write_st_prompts,
+)
+
+log = logging.getLogger(__name__)
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-SETTINGS_FILE = "lightembed.json"  # written last into an export: pooling, normalize, max_length
 # Checkpoint keys a stage writes so an Encoder can be rebuilt from a Lightning checkpoint without the stage class.
 ENCODER_SETTINGS_KEY = "lightembed_encoder"
 FROZEN_BASE_KEY = "lightembed_frozen_base"  # an adapter-only checkpoint: its value is where the frozen weights are
-# lightembed pooling name -> the sentence-transformers Pooling config key that selects it.
-ST_POOLING_KEYS = {
-    "cls": "pooling_mode_cls_token",
-    "mean": "pooling_mode_mean_tokens",
-    "max": "pooling_mode_max_tokens",
-    "weighted_mean": "pooling_mode_weightedmean_tokens",
-    "last_token": "pooling_mode_lasttoken",
-}
 
 
 @runtime_checkable
@@ -128,6 +133,11 @@ class Encoder(nn.Module):
     Args:
         settings: the backbone and how it is loaded and pooled.
         tokenizer: the backbone's tokenizer; ``None`` loads it from ``settings.backbone``.
+
+    Attributes:
+        prompts: named instructions (sentence-transformers "prompts"), e.g. ``{"query": "Retrieve ...: "}``; read from
+            and written to ``config_sentence_transformers.json``.
+        default_prompt_name: the prompt :meth:`encode` applies when given no instruction (``None``: none).
     """
 
     def __init__(self, settings: EncoderSettings, tokenizer: Any = None) -> None:
@@ -135,6 +145,8 @@ class Encoder(nn.Module):
         self.settings = settings
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings.backbone)
         self.backbone: nn.Module | None = None
+        self.prompts: dict[str, str] = {}
+        self.default_prompt_name: str | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -162,6 +174,8 @@ class Encoder(nn.Module):
                 settings.update(folder_settings(local))
             encoder = cls(EncoderSettings(backbone=model, **{**settings, **overrides}))
             encoder.build()
+            if local.is_dir():
+                encoder.prompts, encoder.default_prompt_name = folder_prompts(local)
         if device is not None:
             encoder.to(device)
         return encoder.eval()
@@ -222,14 +236,31 @@ class Encoder(nn.Module):
         normalize: bool | None = None,
         precision: Literal["float32", "bfloat16"] = "float32",
         instruction: str | None = None,
-    ) -> Tensor:
-        """Embed texts: ``N`` strings -> ``(N, H)`` float32 tensor on CPU, in the input order.
+        *,
+        prompt_name: str | None = None,
+        device: str | torch.device | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+    ) -> Tensor | np.ndarray:
+        """Embed texts: ``N`` strings -> ``(N, H)`` float32 on CPU, in the input order (empty strings included).
 
         Texts are sorted by their token count so each batch pads (almost) nothing, and run under
         ``torch.inference_mode``; ``precision="bfloat16"`` runs under bf16 autocast. ``instruction`` is prefixed to
-        every text and excluded from pooling (instructed decoders, LLM2Vec).
+        every text and excluded from pooling (instructed decoders, LLM2Vec); ``prompt_name`` picks one of
+        :attr:`prompts` instead, and with neither the default prompt (if any) is used, as in sentence-transformers.
+
+        The other options mean what they mean in ``SentenceTransformer.encode``: ``device`` moves the model there
+        first, ``show_progress_bar`` (``None``: when logging is at INFO or DEBUG) shows one tick per batch,
+        ``convert_to_numpy`` returns a NumPy array instead of a tensor, ``normalize`` L2-normalises (``None``: the
+        model's own setting).
         """
-        return encode_texts(self, self, self.forward, texts, batch_size, normalize, precision, instruction)
+        if instruction is None:
+            name = prompt_name or self.default_prompt_name
+            if name is not None and name not in self.prompts:
+                raise ValueError(f"encode: unknown prompt_name {name!r}; the model has prompts {sorted(self.prompts)}")
+            instruction = self.prompts.get(name) if name else None
+        options = {"device": device, "show_progress_bar": show_progress_bar, "convert_to_numpy": convert_to_numpy}
+        return encode_texts(self, self, self.forward, texts, batch_size, normalize, precision, instruction, **options)
 
     # ------------------------------------------------------------------ export
     def merged_backbone(self, adapter_folder: str | Path) -> nn.Module:
@@ -242,45 +273,36 @@ class Encoder(nn.Module):
         base = self.backbone.peft_config[self.backbone.active_adapter].base_model_name_or_path
         return merge_into_base(base, adapter_folder, bidirectional=self.settings.bidirectional)
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write a sentence-transformers folder: HF weights + tokenizer, pooling, optional normalisation.
+    def save_pretrained(self, folder: str | Path, card: ModelCardData | None = None) -> Path:
+        """Write a sentence-transformers folder: HF weights + tokenizer, pooling, optional normalisation, prompts and
+        a model card (``README.md``; ``card`` adds what training knows: loss, data, scores).
 
         A LoRA backbone is written merged (its adapter is kept in ``<folder>/adapter`` for a next stage's
-        ``LoRASettings.init_from``). ``lightembed.json`` (pooling, normalize, max_length) is written last, so its
-        presence marks a complete export; the folder is also a plain HF model folder a next stage can start from.
-        Returns the folder.
+        ``LoRASettings.init_from``). The base model's pooler weights, which lightembed does not load (pooling is
+        done on token states), are copied over, so the folder is the complete base architecture. ``lightembed.json``
+        (pooling, normalize, max_length) is written last, so its presence marks a complete export; the folder is also
+        a plain HF model folder a next stage can start from. Returns the folder.
         """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         # a re-export that dies half way must not leave the marker of the previous, complete export behind
         (folder / SETTINGS_FILE).unlink(missing_ok=True)
-        self.merged_backbone(folder / "adapter").save_pretrained(folder)
+        backbone = self.merged_backbone(folder / "adapter")
+        backbone.save_pretrained(folder)
+        copy_pooler_weights(self.settings.backbone, folder, getattr(backbone, "base_model_prefix", ""))
         self.tokenizer.save_pretrained(folder)
-        modules = [
-            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        ]
-        if self.normalize:
-            modules.append(
-                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
-            )
-            (folder / "2_Normalize").mkdir(exist_ok=True)
-        _write_json(folder / "modules.json", modules)
-        pooling = {key: name == self.pooling for name, key in ST_POOLING_KEYS.items()}
-        _write_json(
-            folder / "1_Pooling" / "config.json",
-            {"word_embedding_dimension": self.embedding_dim, **pooling, "pooling_mode_mean_sqrt_len_tokens": False},
-        )
-        _write_json(folder / "sentence_bert_config.json", {"max_seq_length": self.max_length, "do_lower_case": False})
-        _write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": "cosine"})
-        _write_json(
+        write_st_files(folder, self.pooling, self.normalize, self.embedding_dim, self.max_length)
+        write_st_prompts(folder, self.prompts, self.default_prompt_name)
+        model = {"base_model": self.settings.backbone, "dimension": self.embedding_dim, "prompts": self.prompts}
+        model.update(max_length=self.max_length, pooling=self.pooling, normalize=self.normalize)
+        (folder / "README.md").write_text(render_model_card(card or ModelCardData(), model))
+        write_json(
             folder / SETTINGS_FILE,
             {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length},
         )
         return folder
 
 
-@torch.inference_mode()
 def encode_texts(
     model: nn.Module,
     encoder: Encoder,
@@ -290,14 +312,27 @@ def encode_texts(
     normalize: bool | None = None,
     precision: str = "float32",
     instruction: str | None = None,
-) -> Tensor:
+    *,
+    device: str | torch.device | None = None,
+    show_progress_bar: bool | None = None,
+    convert_to_numpy: bool = False,
+) -> Tensor | np.ndarray:
     """:meth:`Encoder.encode` with the embedding function ``embed`` of ``model`` (the encoder itself, or a stage that
     embeds otherwise, e.g. with token deletion at inference), run in eval mode on length-sorted batches:
-    ``(N, H)`` float32 on CPU."""
+    ``(N, H)`` float32 on CPU (a NumPy array with ``convert_to_numpy``)."""
+    if isinstance(texts, str):
+        raise TypeError(f"encode takes a list of texts, got one string {texts[:40]!r}: pass [text]")
     for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"encode: text #{i} is empty or not a string: {text!r}")
+        # the empty string is a text (sentence-transformers embeds it as [CLS] [SEP]); None or a number is not
+        if not isinstance(text, str):
+            raise ValueError(f"encode: text #{i} is not a string: {text!r}")
+    if batch_size < 1:
+        raise ValueError(f"encode: batch_size must be >= 1, got {batch_size}")
     encoder.build()
+    if device is not None:
+        model.to(device)
+    if show_progress_bar is None:
+        show_progress_bar = log.getEffectiveLevel() <= logging.INFO
     normalize = encoder.normalize if normalize is None else normalize
     prefix = instruction or ""
     # One cheap pass (no padding, no tensors) for the token counts: sorting by characters leaves much more padding
@@ -309,19 +344,22 @@ def encode_texts(
     device = encoder.device
     chunks = []
     try:
-        with _autocast(precision, device):
-            for start in range(0, len(order), batch_size):
+        with torch.inference_mode(), _autocast(precision, device):
+            starts = range(0, len(order), batch_size)
+            for start in tqdm(starts, desc="Batches", disable=not show_progress_bar):
                 batch = [texts[i] for i in order[start : start + batch_size]]
                 features = {k: v.to(device) for k, v in encoder.tokenize(batch, instruction).items()}
                 chunks.append(embed(features).float().cpu())
     finally:
         model.train(was_training)
     if not chunks:
-        return torch.empty(0, encoder.embedding_dim)
-    sorted_embeddings = torch.cat(chunks).clone()  # (N, H) in length order; a normal tensor, not an inference one
-    embeddings = torch.empty_like(sorted_embeddings)
-    embeddings[torch.tensor(order)] = sorted_embeddings  # (N, H) back in input order
-    return F.normalize(embeddings, dim=-1) if normalize else embeddings
+        embeddings = torch.empty(0, encoder.embedding_dim)
+    else:
+        sorted_embeddings = torch.cat(chunks).clone()  # (N, H) in length order; a normal tensor, not an inference one
+        embeddings = torch.empty_like(sorted_embeddings)
+        embeddings[torch.tensor(order)] = sorted_embeddings  # (N, H) back in input order
+        embeddings = F.normalize(embeddings, dim=-1) if normalize else embeddings
+    return embeddings.numpy() if convert_to_numpy else embeddings
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -330,25 +368,6 @@ def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContex
     if precision != "float32":
         raise ValueError(f"unknown precision {precision!r}; choose float32 or bfloat16")
     return contextlib.nullcontext()
-
-
-def folder_settings(folder: Path) -> dict[str, Any]:
-    """Pooling/normalize/max_length recorded in a lightembed export or a sentence-transformers folder."""
-    if (folder / SETTINGS_FILE).is_file():
-        return json.loads((folder / SETTINGS_FILE).read_text())
-    settings: dict[str, Any] = {}
-    pooling_config = folder / "1_Pooling" / "config.json"
-    if pooling_config.is_file():
-        config = json.loads(pooling_config.read_text())
-        chosen = [name for name, key in ST_POOLING_KEYS.items() if config.get(key)]
-        if len(chosen) == 1:
-            settings["pooling"] = chosen[0]
-    if (folder / "modules.json").is_file():
-        settings["normalize"] = "Normalize" in (folder / "modules.json").read_text()
-    bert_config = folder / "sentence_bert_config.json"
-    if bert_config.is_file():
-        settings["max_length"] = json.loads(bert_config.read_text()).get("max_seq_length", 512)
-    return settings
 
 
 def _from_checkpoint(path: Path, overrides: dict[str, Any]) -> Encoder:
@@ -388,8 +407,3 @@ def fill_frozen_weights(model: nn.Module, state: dict[str, Tensor], source: str)
         )
     for name, value in model.state_dict().items():
         state.setdefault(name, value)
-
-
-def _write_json(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
