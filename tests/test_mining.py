@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,3 +269,139 @@ def test_top_k_over_a_pool_of_100k_candidates():
     sims[sims > 0.99] = -torch.inf
     expected_v, expected_i = sims.topk(5, dim=1)
     assert torch.equal(indices, expected_i) and torch.allclose(values, expected_v)
+
+
+def brute_force(anchors_emb, pool_emb, own, *, k, range_min=0, range_max=None, lo=None, hi=None, bound=None):
+    """Reference for the rank window: sort every candidate, drop the own texts, keep range_max, filter, skip."""
+    sims = anchors_emb @ pool_emb.T
+    out = []
+    for q in range(sims.shape[0]):
+        order = [int(c) for c in torch.argsort(-sims[q]) if int(c) not in own[q]]
+        if range_max is not None:
+            order = order[:range_max]
+        s = sims[q]
+        order = [c for c in order if (lo is None or s[c] >= lo) and (hi is None or s[c] <= hi)]
+        order = [c for c in order if bound is None or s[c] <= bound[q]]
+        out.append(order[range_min:][:k])
+    return out
+
+
+def test_rank_window_and_relative_margin_match_a_sort_of_every_candidate():
+    gen = torch.Generator().manual_seed(5)
+    vectors = torch.nn.functional.normalize(torch.randn(60, 6, generator=gen), dim=-1)
+    texts = [f"text {i}" for i in range(60)]
+
+    class Table:
+        def encode(self, batch, batch_size=64, normalize=None, precision="float32"):
+            return vectors[[int(t.split()[1]) for t in batch]]
+
+    anchors, positives, pool = texts[:10], texts[10:20], texts[10:]
+    pool_emb = vectors[10:]
+    own = [{i} for i in range(10)]  # the positive of anchor i is pool entry i
+    pos_sim = (vectors[:10] * vectors[10:20]).sum(1)
+    for options in (
+        {"range_min": 2, "range_max": 12},
+        {"range_min": 1, "range_max": 20, "max_sim": 0.6, "relative_margin": 0.05},
+        {"range_min": 3, "margin": 0.1},
+    ):
+        mined = mine_hard_negatives(anchors, positives, Table(), candidates=pool, k=3, **options)
+        bound = None
+        if "relative_margin" in options:
+            bound = pos_sim - pos_sim.abs() * options["relative_margin"]
+        if "margin" in options:
+            bound = pos_sim - options["margin"]
+        expected = brute_force(
+            vectors[:10],
+            pool_emb,
+            own,
+            k=3,
+            range_min=options.get("range_min", 0),
+            range_max=options.get("range_max"),
+            hi=options.get("max_sim"),
+            bound=bound,
+        )
+        assert mined.negatives == expected, options
+
+
+def test_random_sampling_stays_inside_the_window_and_is_seeded():
+    encoder = AngleEncoder(ANGLES)
+    anchors, positives = ["anchor one"], ["positive one"]
+    pool = ["near one", "mid one", "far one", "opposite", "near two", "positive two"]
+    kwargs = {"candidates": pool, "k": 2, "range_max": 4, "sampling": "random"}
+    draws = {tuple(mine_hard_negatives(anchors, positives, encoder, seed=s, **kwargs).texts(0)) for s in range(20)}
+    window = {"near one", "mid one", "far one", "near two"}  # the 4 nearest to anchor one
+    assert all(set(d) <= window and len(d) == 2 for d in draws) and len(draws) > 1
+    again = mine_hard_negatives(anchors, positives, encoder, seed=3, **kwargs).texts(0)
+    assert again == mine_hard_negatives(anchors, positives, encoder, seed=3, **kwargs).texts(0)
+    with pytest.raises(ValueError, match="range_max must be at least range_min \\+ k"):
+        mine_hard_negatives(anchors, positives, encoder, candidates=pool, k=3, range_min=2, range_max=4)
+
+
+def test_mine_negatives_options_named_as_in_sentence_transformers(pairs_file, tmp_path):
+    out = tmp_path / "st.jsonl"
+    provenance = mine_negatives_main(
+        ["fake", "--input", str(pairs_file), "--columns", "s1=anchor", "s2=positive", "--output", str(out)]
+        + ["--candidates", str(tmp_path / "pool.jsonl"), "--num-negatives", "2", "--range-min", "1"]
+        + ["--range-max", "5", "--relative-margin", "0.01", "--max-sim", "0.99", "--sampling", "top"],
+        encoder=AngleEncoder(ANGLES),
+    )
+    assert provenance["ranks"] == {
+        "range_min": 1,
+        "range_max": 5,
+        "relative_margin": 0.01,
+        "sampling": "top",
+        "seed": 0,
+    }
+    assert provenance["window"]["max_sim"] == 0.99
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # anchor one: its least similar positive is "other positive of one" (cos 20 = 0.940), so the bound is
+    # 0.940 * 0.99 = 0.930 and near one (0.985) is dropped; the window's 5 nearest non-own texts are near one, mid
+    # one, far one, near two, positive two; range_min 1 skips mid one
+    assert [r["negative"] for r in rows[:2]] == ["far one", "near two"]
+    assert provenance["similarity"]["negatives_at_least_as_similar_as_the_positive"] == 0
+
+
+def test_a_mined_file_feeds_fit_directly(tiny_bert_dir, pairs_file, sts_file, tmp_path, monkeypatch):
+    from lightembed.cli import cli_main
+
+    mined = tmp_path / "mined.jsonl"
+    cli_main(
+        ["mine-negatives", str(tiny_bert_dir), "--input", str(pairs_file), "--columns", "s1=anchor", "s2=positive"]
+        + ["--pool", "positive", "anchor", "-k", "2", "--output", str(mined)]
+    )
+    monkeypatch.chdir(tmp_path)
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(Path(__file__).resolve().parents[1] / "configs/data/snli_triplets.yaml"),
+            "--model",
+            "lightembed.stages.ContrastiveModule",
+            "--model.init_args.encoder.backbone",
+            str(tiny_bert_dir),
+            "--model.init_args.encoder.max_length",
+            "16",
+            "--model.init_args.loss",
+            "lightembed.losses.InBatchNegativesLoss",
+            "--data.init_args.train",
+            str(mined),
+            "--data.init_args.train_format",
+            "triplets",
+            "--data.init_args.val",
+            json.dumps({"tiny": str(sts_file)}),
+            "--data.init_args.test",
+            "{}",
+            "--data.init_args.batch_size",
+            "2",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )

@@ -85,11 +85,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--candidates", nargs="+", default=[], metavar="SOURCE", help="more candidate texts")
     parser.add_argument("--candidate-columns", default="text", help="comma-separated text columns of --candidates")
     parser.add_argument("-k", "--num-negatives", type=int, default=1, help="negatives per pair (default 1)")
-    parser.add_argument("--min-sim", type=float, default=None, help="skip candidates less similar than this")
-    parser.add_argument("--max-sim", type=float, default=None, help="skip candidates more similar than this")
     parser.add_argument(
-        "--margin", type=float, default=None, help="skip candidates more similar than sim(anchor, positive) - MARGIN"
+        "--min-sim", type=float, default=None, help="skip candidates less similar than this (ST's min_score)"
     )
+    parser.add_argument(
+        "--max-sim", type=float, default=None, help="skip candidates more similar than this (ST's max_score)"
+    )
+    parser.add_argument(
+        "--margin",
+        "--absolute-margin",
+        type=float,
+        default=None,
+        help="skip candidates more similar than sim(anchor, positive) - MARGIN (likely false negatives)",
+    )
+    parser.add_argument(
+        "--relative-margin",
+        type=float,
+        default=None,
+        help="skip candidates more similar than sim(anchor, positive) * (1 - R), e.g. 0.05 (NV-Retriever's 95%%)",
+    )
+    parser.add_argument("--range-min", type=int, default=0, help="skip the N nearest candidates that pass the filters")
+    parser.add_argument("--range-max", type=int, default=None, help="consider only the N nearest candidates")
+    parser.add_argument(
+        "--sampling", choices=["top", "random"], default="top", help="nearest k, or k at random inside the window"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sampling random")
     parser.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cpu", help="torch device for encoding and search, e.g. cuda")
@@ -151,18 +171,32 @@ def mine_negatives_main(argv: Sequence[str], encoder: Embedder | None = None) ->
         min_sim=ns.min_sim,
         max_sim=ns.max_sim,
         margin=ns.margin,
+        relative_margin=ns.relative_margin,
+        range_min=ns.range_min,
+        range_max=ns.range_max,
+        sampling=ns.sampling,
+        seed=ns.seed,
         batch_size=ns.batch_size,
         precision=ns.precision,
     )
 
+    triplets = [
+        {"anchor": anchor, "positive": positive, "negative": negative}
+        for row, (anchor, positive) in enumerate(zip(anchors, positives, strict=True))
+        for negative in mined.texts(row)
+    ]
+    if not triplets:  # an empty file would only fail later, inside fit
+        raise ValueError(
+            f"--input {ns.input}: no hard negative found for any of its {len(anchors)} (anchor, positive) pair(s) "
+            f"among {len(mined.candidates)} candidate text(s); nothing written to {ns.output}. Give more rows, "
+            "add candidate texts with --candidates, or widen the window (--max-sim, --margin, --range-max)"
+        )
     output = Path(ns.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
     with output.open("w", encoding="utf-8") as handle:
-        for row, (anchor, positive) in enumerate(zip(anchors, positives, strict=True)):
-            for negative in mined.texts(row):
-                handle.write(json.dumps({"anchor": anchor, "positive": positive, "negative": negative}) + "\n")
-                written += 1
+        for triplet in triplets:
+            handle.write(json.dumps(triplet) + "\n")
+    written = len(triplets)
     without = sum(not n for n in mined.negatives)
     if without:
         log.warning(
@@ -176,6 +210,8 @@ def mine_negatives_main(argv: Sequence[str], encoder: Embedder | None = None) ->
             return {"source": source, "error": str(err)}
 
     negative_sims = [s for sims in mined.similarities for s in sims]
+    positive_sims = mined.positive_similarity.tolist()
+    above = sum(s >= positive_sims[row] for row, sims in enumerate(mined.similarities) for s in sims)
     provenance = {
         "output": str(output),
         "output_sha256": file_sha256(output),
@@ -188,6 +224,13 @@ def mine_negatives_main(argv: Sequence[str], encoder: Embedder | None = None) ->
         "precision": ns.precision,
         "k": ns.num_negatives,
         "window": {"min_sim": ns.min_sim, "max_sim": ns.max_sim, "margin": ns.margin},
+        "ranks": {
+            "range_min": ns.range_min,
+            "range_max": ns.range_max,
+            "relative_margin": ns.relative_margin,
+            "sampling": ns.sampling,
+            "seed": ns.seed,
+        },
         "search": "exact cosine top-k (torch, chunked)",
         "input": {
             **fingerprint(ns.input),
@@ -209,6 +252,7 @@ def mine_negatives_main(argv: Sequence[str], encoder: Embedder | None = None) ->
         "similarity": {
             "positive": _stats(mined.positive_similarity.tolist()),
             "negative": _stats(negative_sims),
+            "negatives_at_least_as_similar_as_the_positive": above,  # likely false negatives
         },
         "seconds": round(time.perf_counter() - started, 2),
     }

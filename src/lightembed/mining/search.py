@@ -4,8 +4,16 @@ For each anchor it takes the ``k`` most similar candidates (cosine) that are
 
 - not the anchor's own text and not the text of any of its positives (every row with the same anchor counts),
 - inside the similarity window ``[min_sim, max_sim]``, and
-- with ``margin``, at most ``sim(anchor, positive) - margin`` (for an anchor with several positives, its least
-  similar one): a candidate nearly as close as the positive is likely a false negative.
+- with ``margin`` (absolute), at most ``sim(anchor, positive) - margin``, and with ``relative_margin``, at most
+  ``sim(anchor, positive) - |sim(anchor, positive)| * relative_margin`` (for an anchor with several positives, its
+  least similar one): a candidate nearly as close as the positive is likely a false negative;
+- with ``range_min``/``range_max``, among the anchor's ``range_max`` nearest candidates (its own texts excluded),
+  after the filters above, skipping the ``range_min`` nearest that pass them; then the ``k`` nearest (``sampling=
+  "top"``) or ``k`` drawn at random (``"random"``) of those left.
+
+These are the options of sentence-transformers' ``mine_hard_negatives`` (``range_min``, ``range_max``,
+``max_score``/``min_score`` = ``max_sim``/``min_sim``, ``absolute_margin``, ``relative_margin``, ``num_negatives``,
+``sampling_strategy``). Without ``range_max`` the window is the whole pool.
 
 Texts are compared by their normalised form (:func:`~lightembed.data.collators.normalize_text`), so a candidate
 equal to the positive up to case and spacing is never a negative, and the pool holds each text once.
@@ -152,6 +160,11 @@ def mine_hard_negatives(
     min_sim: float | None = None,
     max_sim: float | None = None,
     margin: float | None = None,
+    relative_margin: float | None = None,
+    range_min: int = 0,
+    range_max: int | None = None,
+    sampling: Literal["top", "random"] = "top",
+    seed: int = 0,
     batch_size: int = 64,
     precision: Literal["float32", "bfloat16"] = "float32",
     query_chunk: int = 1024,
@@ -168,6 +181,12 @@ def mine_hard_negatives(
         min_sim: skip candidates less similar to the anchor than this.
         max_sim: skip candidates more similar to the anchor than this (likely false negatives).
         margin: skip candidates more similar than ``sim(anchor, positive) - margin``.
+        relative_margin: skip candidates more similar than ``sim(anchor, positive) * (1 - relative_margin)`` (for a
+            positive similarity >= 0; ``|sim|`` scales the margin otherwise).
+        range_min: skip this many of the nearest candidates that pass the filters.
+        range_max: only the ``range_max`` nearest candidates are considered (None: all).
+        sampling: ``"top"`` keeps the nearest ``k`` left, ``"random"`` draws ``k`` of them (``seed``).
+        seed: seed of ``sampling="random"``.
         batch_size: texts per encoder batch.
         precision: ``"float32"`` or ``"bfloat16"`` (autocast) for encoding.
         query_chunk: anchors per similarity product.
@@ -179,6 +198,13 @@ def mine_hard_negatives(
         raise ValueError("nothing to mine: no (anchor, positive) rows")
     if min_sim is not None and max_sim is not None and min_sim > max_sim:
         raise ValueError(f"empty similarity window: min_sim={min_sim} > max_sim={max_sim}")
+    if range_min < 0 or (range_max is not None and range_max < range_min + k):
+        raise ValueError(
+            f"rank window range_min={range_min}, range_max={range_max} leaves fewer than k={k} candidates; "
+            "range_max must be at least range_min + k"
+        )
+    if sampling not in ("top", "random"):
+        raise ValueError(f"unknown sampling {sampling!r}; choose top or random")
     pool, pool_index = _unique_texts(list(positives) if candidates is None else candidates)
     if not pool:
         raise ValueError("the candidate pool is empty")
@@ -209,24 +235,46 @@ def mine_hard_negatives(
     positive_sim = (query_emb[torch.from_numpy(row_query)] * positive_emb).sum(dim=1)  # (rows,)
 
     bound = None
-    if margin is not None:
+    if margin is not None or relative_margin is not None:
         least = torch.full((len(queries),), float("inf"))  # (U,) least similar positive of each anchor
         least = least.scatter_reduce(0, torch.from_numpy(row_query), positive_sim, reduce="amin")
-        bound = least - margin  # (U,)
+        bound = torch.full_like(least, float("inf"))  # (U,)
+        if margin is not None:
+            bound = torch.minimum(bound, least - margin)
+        if relative_margin is not None:
+            bound = torch.minimum(bound, least - least.abs() * relative_margin)
+    # Without a rank window the filters act inside the search (the window is the whole pool); with one, the
+    # range_max nearest are found first and the filters then thin them out, as sentence-transformers does.
+    windowed = range_max is not None
+    depth = range_max if windowed else range_min + (k if sampling == "top" else 10 * k)
     values, indices = top_k_candidates(
         query_emb,
         keys,
-        k,
+        depth,
         exclude=(pairs[:, 0], pairs[:, 1]),
-        min_sim=min_sim,
-        max_sim=max_sim,
-        max_per_query=bound,
+        min_sim=None if windowed else min_sim,
+        max_sim=None if windowed else max_sim,
+        max_per_query=None if windowed else bound,
         query_chunk=query_chunk,
         key_chunk=key_chunk,
     )
-    found = indices >= 0  # (U, k)
-    per_query = [indices[q][found[q]].tolist() for q in range(len(queries))]
-    per_query_sim = [values[q][found[q]].tolist() for q in range(len(queries))]
+    found = indices >= 0  # (U, depth)
+    if windowed:
+        if min_sim is not None:
+            found &= values >= min_sim
+        if max_sim is not None:
+            found &= values <= max_sim
+        if bound is not None:
+            found &= values <= bound.unsqueeze(1)
+    rng = np.random.default_rng(seed)
+    per_query, per_query_sim = [], []
+    for q in range(len(queries)):
+        kept = found[q].nonzero().flatten()[range_min:]  # ranks that pass, nearest first
+        if sampling == "random" and len(kept) > k:
+            kept = kept[np.sort(rng.choice(len(kept), size=k, replace=False))]
+        kept = kept[:k]
+        per_query.append(indices[q][kept].tolist())
+        per_query_sim.append(values[q][kept].tolist())
     return MinedNegatives(
         candidates=pool,
         negatives=[per_query[q] for q in row_query.tolist()],
