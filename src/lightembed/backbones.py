@@ -92,9 +92,33 @@ def family_of(config: PretrainedConfig, name: str = "") -> Family:
     return FAMILIES[model_type]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "spm.model")
+"""Files that hold a tokenizer's vocabulary (fast ``tokenizer.json``, WordPiece, BPE, sentencepiece); a model folder
+needs one of them (or another sentencepiece ``*.model`` file)."""
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """Refuse a local model folder without tokenizer files: transformers would build an empty-vocabulary tokenizer
+    from ``config.json`` alone and every text would become ``[UNK]``, without a warning."""
+    names = sorted(p.name for p in folder.iterdir())
+    if any(name in TOKENIZER_FILES or name.endswith(".model") for name in names):
+        return
+    raise FileNotFoundError(
+        f"model folder {folder} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)} or a sentencepiece "
+        f"*.model; it holds {names}): save the tokenizer of the model it came from into it "
+        "(tokenizer.save_pretrained(folder)) or name a model that has one"
+    )
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load the tokenizer of a model; a tokenizer without a pad token gets one (EOS, else UNK) and a log line."""
+    """Load the tokenizer of a model; a tokenizer without a pad token gets one (EOS, else UNK) and a log line.
+
+    Raises:
+        FileNotFoundError: a local folder without tokenizer files (:func:`check_tokenizer_files`).
+    """
     path = resolve_model_path(name_or_path)
+    if Path(path).is_dir():
+        check_tokenizer_files(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token or tokenizer.unk_token

@@ -159,7 +159,7 @@ def test_bad_inputs_name_the_option_file_and_row(make_dm, tmp_path, fixtures_dir
 
     rows = [{"sentence1": "a", "sentence2": "b", "score": s} for s in (1.0, 2.0, 7.0)]
     write_jsonl(tmp_path / "scores.jsonl", rows)
-    with pytest.raises(ValueError, match=r"row 2 \(0-based\) of .*scores.jsonl"):
+    with pytest.raises(ValueError, match=r"line 3 of .*scores.jsonl"):
         make_dm(train=str(tmp_path / "scores.jsonl"), score_range=(0.0, 5.0)).setup("fit")
     skipping = make_dm(train=str(tmp_path / "scores.jsonl"), score_range=(0.0, 5.0), on_bad_row="skip")
     skipping.setup("fit")
@@ -173,7 +173,7 @@ def test_bad_inputs_name_the_option_file_and_row(make_dm, tmp_path, fixtures_dir
     with pytest.raises(ValueError) as info:
         make_dm(val={"broken": str(tmp_path / "val.jsonl")}).setup("validate")
     message = _full_message(info.value)
-    assert "row 0 (0-based)" in message and "val['broken']" in message
+    assert "line 1 of" in message and "val['broken']" in message
 
     with pytest.raises(FileNotFoundError) as info:
         make_dm(test={"missing": "missing.jsonl"}).setup("test")

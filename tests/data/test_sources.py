@@ -186,7 +186,7 @@ def test_empty_text_names_file_and_row(tmp_path, bad, write_jsonl):
     with pytest.raises(ValueError) as info:
         load_source(str(path), STS)
     message = str(info.value)
-    assert str(path) in message and "row 2 (0-based)" in message and "'sentence2'" in message
+    assert str(path) in message and "line 3 of" in message and "'sentence2'" in message
     assert "on_bad_row='skip'" in message
 
 
@@ -208,7 +208,7 @@ def test_score_out_of_range_names_file_and_row(tmp_path, write_jsonl):
     with pytest.raises(ValueError) as info:
         load_source(str(path), STS, score_column="score", score_range=(0.0, 5.0))
     message = str(info.value)
-    assert str(path) in message and "row 2 (0-based)" in message and "score_range [0.0, 5.0]" in message
+    assert str(path) in message and "line 3 of" in message and "score_range [0.0, 5.0]" in message
     assert "2 such row(s)" in message
     assert len(load_source(str(path), STS, score_column="score")) == 4  # no range, no check
 
@@ -217,14 +217,14 @@ def test_missing_score_is_an_error(tmp_path, write_jsonl):
     path = write_jsonl(
         tmp_path / "p.jsonl", [{"sentence1": "a", "sentence2": "b", "score": 1.0}, {"sentence1": "c", "sentence2": "d"}]
     )
-    with pytest.raises(ValueError, match=r"non-finite value in score column 'score' at row 1 \(0-based\)"):
+    with pytest.raises(ValueError, match=r"non-finite value in score column 'score' at line 2 of"):
         load_source(str(path), STS, score_column="score")
 
 
 def test_bad_row_in_second_file_of_glob_is_located(tmp_path, write_jsonl):
     write_jsonl(tmp_path / "part-1.jsonl", [{"text": "a"}, {"text": "b"}])
     second = write_jsonl(tmp_path / "part-2.jsonl", [{"text": "c"}, {"text": ""}])
-    with pytest.raises(ValueError, match=rf"row 1 \(0-based\) of {second}"):
+    with pytest.raises(ValueError, match=rf"line 2 of {second}"):
         load_source(str(tmp_path / "part-*.jsonl"), ["text"])
 
 
@@ -298,7 +298,7 @@ def test_in_memory_and_streamed_reading_reject_the_same_bad_row_with_the_same_me
         load_source(source, STS, **options)
     with pytest.raises(ValueError) as streamed:
         list(stream_source(source, STS, **options).shuffle(seed=0, buffer_size=8))  # rows met out of order
-    location = f"row 1 (0-based) of {second}"
+    location = f"line 2 of {second}"
     assert str(in_memory.value) == bad_row_message(problem, location, count=1)
     assert str(streamed.value) == bad_row_message(problem, location)  # a stream does not count its bad rows
     assert str(in_memory.value).replace(" (1 such row(s) in all)", "") == str(streamed.value)

@@ -172,7 +172,7 @@ def test_load_pairs_and_stream_pairs_reject_the_same_bad_row(root):
         load_pairs(PairSource(**spec), str(root))
     with pytest.raises(ValueError) as streamed:
         list(stream_pairs(PairSource(**spec, streaming=True), str(root)))
-    expected = f"empty or whitespace-only text in column 'sentence2' at row 2 (0-based) of {root / 'bad_pairs.jsonl'}"
+    expected = f"empty or whitespace-only text in column 'sentence2' at line 3 of {root / 'bad_pairs.jsonl'}"
     assert str(in_memory.value).startswith(expected) and str(streamed.value).startswith(expected)
     assert str(in_memory.value).replace(" (1 such row(s) in all)", "") == str(streamed.value)
     kept = list(stream_pairs(PairSource(**spec, streaming=True), str(root), on_bad_row="skip"))

@@ -56,7 +56,7 @@ def test_a_row_without_a_score_names_file_and_row(tmp_path, vector_encoder):
     del rows[2]["score"]
     path = tmp_path / "holes.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(ValueError, match=r"row 2 \(0-based\) of .*holes\.jsonl"):
+    with pytest.raises(ValueError, match=r"line 3 of .*holes\.jsonl"):
         evaluate_sts(vector_encoder, {"holes": str(path)})
 
 

@@ -49,6 +49,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import MNTPCollator, SentenceCollator
+from lightembed.data.formats import STS_SCORE_RANGE
 from lightembed.data.samplers import EpochRandomSampler
 from lightembed.data.sources import load_source, resolve_source
 from lightembed.data.sts_sets import STSSets
@@ -193,6 +194,8 @@ class CorpusDataModule(LightningDataModule):
         mask_token: ``mntp``: token to mask with; default the tokenizer's mask token, else ``"_"``.
         num_workers: DataLoader worker processes.
         seed: seed of the training shuffle (fixed by seed and epoch) and of the validation masks.
+        sts_score_range: inclusive bounds of the gold scores of the ``sts_val`` sets (default 0-5); a score outside
+            is an error naming file and line. None accepts any finite score.
     """
 
     def __init__(
@@ -216,6 +219,7 @@ class CorpusDataModule(LightningDataModule):
         mask_token: str | None = None,
         num_workers: int = 0,
         seed: int = 0,
+        sts_score_range: tuple[float, float] | None = STS_SCORE_RANGE,
     ) -> None:
         super().__init__()
         if objective not in ("simcse", "mntp"):
@@ -241,7 +245,9 @@ class CorpusDataModule(LightningDataModule):
         self.format = format
         self.text_column = text_column
         self.val_source = val
-        self.sts = STSSets(sts_val, None, val_split, "test", data_root, val_option="sts_val")
+        self.sts = STSSets(
+            sts_val, None, val_split, "test", data_root, val_option="sts_val", score_range=sts_score_range
+        )
         self.train_split, self.val_split = train_split, val_split
         self.data_root = data_root
         self.tokenizer_name = tokenizer

@@ -19,7 +19,8 @@ nli_entailment_pairs premise, hypothesis, label                   premise, entai
 ==================== ============================================ ===============================================
 
 STS sets (validation, test) are ``scored_pairs`` with the default columns (:data:`STS_COLUMNS`), read by
-:func:`load_sts`.
+:func:`load_sts`: scores in :data:`STS_SCORE_RANGE` (0-5) unless the data module's ``sts_score_range`` says
+otherwise, and not all equal.
 
 The old name ``nli_pairs`` meant ``nli_scored_pairs`` in :class:`~lightembed.data.PairDataModule` but
 ``nli_entailment_pairs`` in a multi-dataset source; it still reads as it did in each place, with a warning naming
@@ -37,7 +38,7 @@ import datasets
 
 from lightembed.data.collators import TEXT_FIELDS
 from lightembed.data.nli import DEFAULT_PAIR_SCORES, NLI_LABELS, nli_label_id, nli_to_pairs, nli_to_triplets
-from lightembed.data.sources import OnBadRow, load_source
+from lightembed.data.sources import OnBadRow, load_source, resolve_source
 
 NLI_FIELDS = ("premise", "hypothesis", "label")
 """Fields an ``nli_*`` format maps its source columns to, before the conversion."""
@@ -227,9 +228,33 @@ def convert_row(
     return {"anchor": row["premise"], "positive": row["hypothesis"], "score": float(scores[name])}
 
 
-def load_sts(source: str, split: str, data_root: str | None = None, on_bad_row: OnBadRow = "error") -> datasets.Dataset:
-    """An STS set (:data:`STS_COLUMNS`) as rows ``anchor``, ``positive``, ``score``: validation and test data."""
+STS_SCORE_RANGE: tuple[float, float] = (0.0, 5.0)
+"""Gold scores of an STS set: 0 (unrelated) to 5 (same meaning), the scale of STS12-16, STS-B and SICK-R."""
+
+
+def load_sts(
+    source: str,
+    split: str,
+    data_root: str | None = None,
+    on_bad_row: OnBadRow = "error",
+    score_range: tuple[float, float] | None = STS_SCORE_RANGE,
+) -> datasets.Dataset:
+    """An STS set (:data:`STS_COLUMNS`) as rows ``anchor``, ``positive``, ``score``: validation and test data.
+
+    A score outside ``score_range`` (None: any finite score) is a bad row. A set whose scores are all equal, or
+    that has fewer than 2 pairs, is an error naming it: Spearman is undefined there (it would be logged as 0).
+    """
     fmt = FORMATS["scored_pairs"]
     mapping = dict(fmt.columns)
-    ds = load_source(source, list(mapping), split, data_root, score_column="score", on_bad_row=on_bad_row)
+    ds = load_source(
+        source, list(mapping), split, data_root, score_column="score", score_range=score_range, on_bad_row=on_bad_row
+    )
+    scores = ds.with_format("numpy")["score"]
+    if len(scores) < 2 or bool((scores == scores[0]).all()):
+        where = resolve_source(source, split, data_root).describe()
+        what = f"only {len(scores)} pair(s)" if len(scores) < 2 else f"every score is {float(scores[0]):g}"
+        raise ValueError(
+            f"STS set {where} has {what}, so the Spearman correlation is undefined: use a set with at least 2 "
+            "pairs and varied gold scores"
+        )
     return to_fields(ds, mapping)

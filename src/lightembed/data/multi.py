@@ -40,6 +40,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import TEXT_FIELDS, PairCollator
+from lightembed.data.formats import STS_SCORE_RANGE
 from lightembed.data.no_duplicates import row_hashes
 from lightembed.data.pair_sources import PairSource, as_pair_source, load_pairs, stream_pairs
 from lightembed.data.samplers import BatchingMode, Interleave, MultiDatasetBatchSampler, SmallDataset
@@ -138,6 +139,8 @@ class MultiDatasetDataModule(LightningDataModule):
             sources only; not with ``instructions``.
         weights: streaming only: name -> relative weight of the source in the draw (default equal).
         shuffle_buffer: streaming only: rows in each source's shuffle buffer.
+        sts_score_range: inclusive bounds of the gold scores of the ``val``/``test`` STS sets (default 0-5); a score
+            outside is a bad row. None accepts any finite score.
     """
 
     def __init__(
@@ -165,6 +168,7 @@ class MultiDatasetDataModule(LightningDataModule):
         cache_tokenization: bool = False,
         weights: dict[str, float] | None = None,
         shuffle_buffer: int = 10_000,
+        sts_score_range: tuple[float, float] | None = STS_SCORE_RANGE,
     ) -> None:
         super().__init__()
         if batching not in ("single", "mixed"):
@@ -182,7 +186,7 @@ class MultiDatasetDataModule(LightningDataModule):
         self.no_duplicates = no_duplicates
         self.small_dataset = small_dataset
         self.drop_last = drop_last
-        self.sts = STSSets(val, test, val_split, test_split, data_root, on_bad_row)
+        self.sts = STSSets(val, test, val_split, test_split, data_root, on_bad_row, score_range=sts_score_range)
         self.data_root = data_root
         self.tokenizer_name = tokenizer
         self.max_length = max_length

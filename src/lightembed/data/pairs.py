@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import TEXT_FIELDS, PairCollator
-from lightembed.data.formats import FORMATS, checked_columns, convert, format_named, to_fields
+from lightembed.data.formats import FORMATS, STS_SCORE_RANGE, checked_columns, convert, format_named, to_fields
 from lightembed.data.samplers import EpochRandomSampler, LengthGroupedBatchSampler
 from lightembed.data.sources import load_source
 from lightembed.data.sts_sets import STSSets
@@ -64,6 +64,8 @@ class PairDataModule(LightningDataModule):
             ``{"anchor": "Given a premise, retrieve a hypothesis that is entailed by the premise: "}`` (LLM2Vec).
         eval_instruction: instruction prefixed to both sentences of validation/test STS pairs (excluded from
             pooling), e.g. ``"Retrieve semantically similar text: "``.
+        sts_score_range: inclusive bounds of the gold scores of the ``val``/``test`` STS sets (default 0-5); a score
+            outside is a bad row. None accepts any finite score.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class PairDataModule(LightningDataModule):
         on_bad_row: Literal["error", "skip"] = "error",
         instructions: dict[str, str] | None = None,
         eval_instruction: str | None = None,
+        sts_score_range: tuple[float, float] | None = STS_SCORE_RANGE,
     ) -> None:
         super().__init__()
         fmt = format_named(train_format, "train_format", tuple(FORMATS), old_meaning="nli_scored_pairs")
@@ -102,7 +105,7 @@ class PairDataModule(LightningDataModule):
         self.train_format = fmt.name
         self.row_format = fmt
         self.columns = columns
-        self.sts = STSSets(val, test, val_split, test_split, data_root, on_bad_row)
+        self.sts = STSSets(val, test, val_split, test_split, data_root, on_bad_row, score_range=sts_score_range)
         self.train_split, self.val_split, self.test_split = train_split, val_split, test_split
         self.data_root = data_root
         self.tokenizer_name = tokenizer

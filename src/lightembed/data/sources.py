@@ -18,19 +18,27 @@ from __future__ import annotations
 
 import glob
 import logging
-import math
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import datasets
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
+from lightembed.data.file_lines import (
+    TEXT_BUILDERS,
+    drop_lines,
+    empty_file_message,
+    first_bad_json_line,
+    invalid_utf8_message,
+    locate_row,
+    scan_text_file,
+)
+from lightembed.data.row_checks import RowChecks, bad_row_message
 from lightembed.provenance import file_sha256
 
 log = logging.getLogger(__name__)
@@ -159,23 +167,46 @@ def source_fingerprint(source: str, split: str = "train", data_root: str | None 
     return {"source": source, "kind": "hub", "id": resolved.hub_id, "config": resolved.hub_config, "split": split}
 
 
-def _read_local(resolved: ResolvedSource) -> datasets.Dataset:
+def _checked_files(resolved: ResolvedSource, on_bad_row: str, folder: Path | None) -> list[Path]:
+    """The source's files after the text-file checks (:mod:`lightembed.data.file_lines`): a file without rows is an
+    error; invalid UTF-8 lines are an error, or (``on_bad_row='skip'`` and a ``folder`` for copies) dropped."""
+    if resolved.builder not in TEXT_BUILDERS:
+        return list(resolved.files)
+    files = []
+    for path in resolved.files:
+        scan = scan_text_file(path, str(resolved.builder))
+        if not scan.has_rows:
+            raise ValueError(empty_file_message(path, str(resolved.builder)))
+        if scan.bad_lines and (on_bad_row == "error" or folder is None):
+            raise ValueError(invalid_utf8_message(scan))
+        if scan.bad_lines and folder is not None:
+            log.warning("%s: skipped %d line(s) that are not UTF-8: %s", path, len(scan.bad_lines), scan.bad_lines[:5])
+            path = drop_lines(scan, Path(tempfile.mkdtemp(dir=folder)))
+        files.append(path)
+    return files
+
+
+def _read_local(resolved: ResolvedSource, on_bad_row: str = "error") -> datasets.Dataset:
     def read(files: Sequence[Path]) -> datasets.Dataset:
         return datasets.load_dataset(resolved.builder, data_files=[str(f) for f in files], split="train")
 
-    try:
-        return read(resolved.files)
-    except datasets.exceptions.DatasetGenerationError as err:
-        culprit = resolved.describe()
-        if len(resolved.files) > 1:  # find the file that fails on its own
-            for path in resolved.files:
-                try:
-                    read([path])
-                except datasets.exceptions.DatasetGenerationError:
-                    culprit = str(path)
-                    break
-        cause = err.__cause__ or err
-        raise ValueError(f"could not read {culprit} as {resolved.builder}: {cause}") from err
+    with tempfile.TemporaryDirectory(prefix="lightembed-utf8-") as folder:
+        files = _checked_files(resolved, on_bad_row, Path(folder))
+        try:
+            return read(files)
+        except datasets.exceptions.DatasetGenerationError as err:
+            culprit = resolved.describe()
+            if len(files) > 1:  # find the file that fails on its own
+                for path, original in zip(files, resolved.files, strict=True):
+                    try:
+                        read([path])
+                    except datasets.exceptions.DatasetGenerationError:
+                        culprit = str(original)
+                        break
+            line = None
+            if resolved.builder == "json" and Path(culprit).is_file():
+                line = first_bad_json_line(Path(culprit))  # pyarrow counts rows inside a block, not file lines
+            raise ValueError(f"could not read {culprit} as {resolved.builder}: {line or err.__cause__ or err}") from err
 
 
 def _read_hub(resolved: ResolvedSource, split: str, streaming: bool) -> datasets.Dataset | datasets.IterableDataset:
@@ -190,94 +221,18 @@ def _read_hub(resolved: ResolvedSource, split: str, streaming: bool) -> datasets
 
 
 def _row_location(resolved: ResolvedSource, row: int, split: str) -> str:
-    """'row R (0-based) of FILE' for row ``row`` of the dataset read from all of the source's files."""
+    """Where row ``row`` (0-based) of the dataset read from all of the source's files is: ``line L of FILE`` for a
+    text file (:func:`~lightembed.data.file_lines.locate_row`), ``row R (1-based) of FILE`` for parquet."""
     if not resolved.is_local:
         return f"row {row} (0-based) of {resolved.describe()} split {split!r}"
+    builder = str(resolved.builder)
     if len(resolved.files) > 1:  # error path only: count rows per file to name the right one
         for path in resolved.files:
-            size = len(datasets.load_dataset(resolved.builder, data_files=[str(path)], split="train"))
+            size = len(datasets.load_dataset(builder, data_files=[str(path)], split="train"))
             if row < size:
-                return f"row {row} (0-based) of {path}"
+                return locate_row(path, builder, row)
             row -= size
-    return f"row {row} (0-based) of {resolved.files[0]}"
-
-
-def bad_row_message(what: str, location: str, count: int | None = None) -> str:
-    """The error for a bad row, the same for the in-memory and the streamed path; ``count`` where it is known."""
-    total = f" ({count} such row(s) in all)" if count is not None else ""
-    return f"{what} at {location}{total}. Fix the data or pass on_bad_row='skip' to drop such rows."
-
-
-@dataclass(frozen=True)
-class RowChecks:
-    """What makes a row bad: an empty text in ``text_columns``, a missing or non-finite ``score_column``, a score
-    outside ``score_range``. Checked in this order; the first failing check names the row's problem."""
-
-    text_columns: tuple[str, ...] = ()
-    score_column: str | None = None
-    score_range: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.score_range is not None and self.score_column is None:
-            raise ValueError("score_range needs score_column: the column whose values it bounds")
-        if self.score_range is not None and not self.score_range[0] <= self.score_range[1]:
-            raise ValueError(f"score_range must be (low, high) with low <= high, got {self.score_range}")
-
-    def text_problem(self, name: str) -> str:
-        return f"empty or whitespace-only text in column {name!r}"
-
-    def score_problem(self) -> str:
-        return f"missing or non-finite value in score column {self.score_column!r}"
-
-    def range_problem(self) -> str:
-        low, high = self.score_range or (math.nan, math.nan)
-        return f"value outside score_range [{low}, {high}] in column {self.score_column!r}"
-
-    def problem(self, row: Mapping[str, Any]) -> str | None:
-        """The first problem of one row (streamed path), None for a good row; the same rules as :meth:`masks`."""
-        for name in self.text_columns:
-            text = row.get(name)
-            if not isinstance(text, str) or not text.strip():
-                return self.text_problem(name)
-        if self.score_column is not None:
-            value = row.get(self.score_column)
-            try:
-                score = float(value)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                score = math.nan
-            if not math.isfinite(score):
-                return self.score_problem()
-            if self.score_range is not None and not self.score_range[0] <= score <= self.score_range[1]:
-                return self.range_problem()
-        return None
-
-    def masks(self, table: pa.Table, describe: str) -> list[tuple[str, np.ndarray]]:
-        """Per check, its problem and the ``(N,)`` mask of the rows failing it (in-memory path), in check order."""
-        checks: list[tuple[str, np.ndarray]] = []
-        for name in self.text_columns:
-            column = table[name]
-            is_text = pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-            if not (is_text or pa.types.is_null(column.type)):
-                raise ValueError(f"{describe}: column {name!r} should hold text but has type {column.type}")
-            checks.append((self.text_problem(name), _bad_text(column.cast(pa.string()))))
-        if self.score_column is not None:
-            try:
-                values = pc.cast(table[self.score_column], pa.float64()).to_numpy(zero_copy_only=False)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-                raise ValueError(f"{describe}: column {self.score_column!r} should hold numbers: {err}") from err
-            values = np.asarray(values, dtype=np.float64)
-            checks.append((self.score_problem(), ~np.isfinite(values)))
-            if self.score_range is not None:
-                low, high = self.score_range
-                with np.errstate(invalid="ignore"):
-                    outside = np.isfinite(values) & ((values < low) | (values > high))
-                checks.append((self.range_problem(), outside))
-        return checks
-
-
-def _bad_text(column: pa.ChunkedArray) -> np.ndarray:
-    empty = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0)
-    return np.asarray(pc.fill_null(empty, True).to_numpy(zero_copy_only=False), dtype=bool)
+    return locate_row(resolved.files[0], builder, row)
 
 
 def _check_options(on_bad_row: str, columns: Sequence[str], checks: RowChecks) -> None:
@@ -327,7 +282,9 @@ def load_source(
     _check_options(on_bad_row, columns, checks)
     columns = list(columns)
     resolved = resolve_source(source, split, data_root)
-    ds = _read_local(resolved) if resolved.is_local else _read_hub(resolved, split, streaming=False)
+    ds = _read_local(resolved, on_bad_row) if resolved.is_local else _read_hub(resolved, split, streaming=False)
+    if len(ds) == 0:
+        raise ValueError(f"{resolved.describe()} holds no rows: fill it with data or point the source elsewhere")
     _missing_columns(resolved, columns, ds.column_names)
     ds = ds.select_columns(columns)
     if text_columns is None:
@@ -345,6 +302,11 @@ def load_source(
         what, mask = next((what, mask) for what, mask in masks if mask[first])
         raise ValueError(bad_row_message(what, _row_location(resolved, first, split), int(mask.sum())))
     counts = "; ".join(f"{int(mask.sum())} with {what}" for what, mask in masks if mask.any())
+    if bad.all():
+        raise ValueError(
+            f"{resolved.describe()}: every one of its {len(ds)} rows is bad ({counts}), so on_bad_row='skip' leaves "
+            "nothing to read; fix the data"
+        )
     log.warning("%s: skipped %d of %d rows (%s)", resolved.describe(), int(bad.sum()), len(ds), counts)
     return ds.select(np.flatnonzero(~bad))
 
@@ -370,7 +332,8 @@ def _first_bad_row(resolved: ResolvedSource, split: str, checks: RowChecks) -> t
         for index, row in enumerate(rows):
             problem = checks.problem(row)
             if problem is not None:
-                return problem, f"row {index} (0-based) of {name}"
+                where = locate_row(Path(name), str(resolved.builder), index) if resolved.is_local else None
+                return problem, where or f"row {index} (0-based) of {name}"
     raise AssertionError("a bad row was met but none is found on a second read")  # pragma: no cover
 
 
@@ -395,6 +358,8 @@ def stream_source(
     checks = RowChecks(tuple(text_columns), score_column, score_range)
     _check_options(on_bad_row, columns, checks)
     resolved = resolve_source(source, split, data_root)
+    if resolved.is_local:  # streamed rows are not copied: a file with invalid UTF-8 is an error even with 'skip'
+        _checked_files(resolved, on_bad_row, None)
     ds = _stream(resolved, split)
     first = next(iter(ds.take(1)), None)
     if first is None:

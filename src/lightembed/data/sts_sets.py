@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lightembed.data.collators import PairCollator
-from lightembed.data.formats import load_sts
+from lightembed.data.formats import STS_SCORE_RANGE, load_sts
 from lightembed.data.sources import OnBadRow
 
 
@@ -30,6 +30,7 @@ class STSSets:
         data_root: folder for relative local sources.
         on_bad_row: ``"error"`` or ``"skip"`` (see :func:`~lightembed.data.sources.load_source`).
         val_option: the data-module option ``val`` comes from, for messages (``sts_val`` in the corpus module).
+        score_range: inclusive bounds of the gold scores; a score outside is a bad row (None: any finite score).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class STSSets:
         data_root: str | None,
         on_bad_row: OnBadRow = "error",
         val_option: str = "val",
+        score_range: tuple[float, float] | None = STS_SCORE_RANGE,
     ) -> None:
         self.val_sources = dict(val or {})
         self.test_sources = dict(test or {})
@@ -48,6 +50,7 @@ class STSSets:
         self.data_root = data_root
         self.on_bad_row = on_bad_row
         self.val_option = val_option
+        self.score_range = score_range
         self.val_datasets: list[datasets.Dataset] | None = None
         self.test_datasets: list[datasets.Dataset] | None = None
 
@@ -63,7 +66,7 @@ class STSSets:
         loaded = []
         for name, source in sources.items():
             try:
-                loaded.append(load_sts(source, split, self.data_root, self.on_bad_row))
+                loaded.append(load_sts(source, split, self.data_root, self.on_bad_row, self.score_range))
             except (ValueError, FileNotFoundError) as err:
                 err.add_note(f"while loading {option}[{name!r}] = {source!r} (split {split!r})")
                 raise

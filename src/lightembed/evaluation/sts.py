@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional import pearson_corrcoef, spearman_corrcoef
 
-from lightembed.data.formats import STS_COLUMNS
-from lightembed.data.sources import load_source, resolve_data_root, resolve_source
+from lightembed.data.formats import STS_SCORE_RANGE, load_sts
+from lightembed.data.sources import resolve_data_root, resolve_source
 from lightembed.encoder import TextEncoder
 from lightembed.evaluation.encoding import Embedder, EncodeCache
 
@@ -141,20 +141,23 @@ def evaluate_sts(
     batch_size: int = 64,
     precision: str = "float32",
     instruction: str | None = None,
+    score_range: tuple[float, float] | None = STS_SCORE_RANGE,
 ) -> list[STSResult]:
     """Evaluate ``encoder`` on named STS sources (local files or Hub ids with sentence1, sentence2, score).
 
     ``instruction`` is prefixed to every sentence and excluded from pooling (instructed decoders). ``encoder`` may
-    also be an :class:`EncodeCache` shared with other evaluators, or any object with ``encode(texts)``.
+    also be an :class:`EncodeCache` shared with other evaluators, or any object with ``encode(texts)``. The sets are
+    read and checked as a data module's STS sets are (:func:`~lightembed.data.formats.load_sts`: a score outside
+    ``score_range`` or constant scores are an error naming the file).
     """
     results = []
     for name, source in sources.items():
-        dataset = load_source(source, columns=STS_COLUMNS, split=split, data_root=data_root, score_column="score")
+        dataset = load_sts(source, split, data_root, score_range=score_range)
         where = resolve_source(source, split, data_root).describe()
         spearman, pearson = sts_correlation(
             encoder,
-            list(dataset["sentence1"]),
-            list(dataset["sentence2"]),
+            list(dataset["anchor"]),
+            list(dataset["positive"]),
             torch.tensor(dataset["score"], dtype=torch.float64),
             batch_size=batch_size,
             precision=precision,
