@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.utilities import GradClipAlgorithmType
@@ -29,7 +31,13 @@ from lightembed.encoder import (
 )
 from lightembed.stages import checks
 from lightembed.stages.batch_embedding import BatchEmbedding, LossFn, PlainEmbedding
-from lightembed.stages.optim import decay_groups, default_optimizer, warmup_schedule
+from lightembed.stages.optim import (
+    decay_groups,
+    default_optimizer,
+    optimizer_settings,
+    unique_group_names,
+    warmup_schedule,
+)
 from lightembed.stages.sts_metrics import STSMetrics
 from lightembed.strategies import shard_blocks
 
@@ -115,10 +123,42 @@ class EmbeddingModule(L.LightningModule):
         normalize: bool | None = None,
         precision: Literal["float32", "bfloat16"] = "float32",
         instruction: str | None = None,
-    ) -> Tensor:
+        *,
+        device: str | torch.device | None = None,
+        show_progress_bar: bool | None = None,
+        convert_to_numpy: bool = False,
+    ) -> Tensor | np.ndarray:
         """Embed texts with this stage's :meth:`embed`: ``(N, H)`` float32 on CPU (see :meth:`Encoder.encode`)."""
         self.configure_model()
-        return encode_texts(self, self.encoder, self.embed, texts, batch_size, normalize, precision, instruction)
+        options = {"device": device, "show_progress_bar": show_progress_bar, "convert_to_numpy": convert_to_numpy}
+        return encode_texts(
+            self, self.encoder, self.embed, texts, batch_size, normalize, precision, instruction, **options
+        )
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Embed a batch of texts (:class:`~lightembed.data.texts.TextDataModule`) as :meth:`encode` does:
+        ``{"embedding": (B, H) float32 on CPU, "row": (B,) the rows' positions in the source}``; a prediction writer
+        (:class:`~lightembed.callbacks.PredictionWriter`) puts them on disk."""
+        embeddings = self.embed(batch["text"]).float()  # (B, H)
+        if self.settings.normalize:
+            embeddings = torch.nn.functional.normalize(embeddings, dim=-1)
+        return {"embedding": embeddings.cpu(), "row": batch["row"].cpu()}
+
+    def training_summary(self) -> dict[str, Any]:
+        """What this stage trains with, as flat plain values for hyperparameter logs and the model card: the loss
+        class and its settings (``loss``, ``loss.<name>``) and, once configured, the optimizer's (``optimizer.lr``)."""
+        summary: dict[str, Any] = {}
+        loss = getattr(self, "loss", None)
+        if isinstance(loss, nn.Module):
+            summary["loss"] = type(loss).__name__
+            for path, module in loss.named_modules():  # a composite loss's terms are sub-modules with settings
+                prefix = f"loss.{path}." if path else "loss."
+                for name, value in vars(module).items():
+                    if not name.startswith("_") and name != "training" and isinstance(value, bool | int | float | str):
+                        summary[prefix + name] = value
+        if self._trainer is not None and self.trainer.optimizers:
+            summary.update(optimizer_settings(self.trainer.optimizers[0]))
+        return summary
 
     # --------------------------------------------------------- contrastive step
     def embed_and_loss(self, fields: Mapping[str, Features], loss_fn: LossFn, batch_idx: int = 0) -> Tensor:
@@ -165,6 +205,9 @@ class EmbeddingModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_fit_start(self) -> None:
+        # The loss and optimizer are not constructor values Lightning records (they are objects): add their settings
+        # to the hyperparameters it logs next (TensorBoard's HParams tab, hparams.yaml). Checkpoints keep `hparams`.
+        self._hparams_initial = AttributeDict({**self.hparams_initial, **self.training_summary()})
         checks.warn_on_emulated_bf16(self.trainer)
         if self.batch_is_the_negatives:
             checks.warn_on_accumulation(self.trainer)
@@ -202,7 +245,7 @@ class EmbeddingModule(L.LightningModule):
         return decay_groups(model.named_parameters())
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        optimizer = self.optimizer_factory(unique_group_names(self.parameter_groups()))
         total = int(self.trainer.estimated_stepping_batches)
         schedule = warmup_schedule(optimizer, self.hparams.scheduler, self.hparams.warmup_ratio, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

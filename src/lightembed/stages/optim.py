@@ -25,14 +25,45 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.01, fused=fused)
 
 
-def decay_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float | None = None) -> list[dict[str, Any]]:
+def decay_groups(
+    named: Iterable[tuple[str, nn.Parameter]], lr: float | None = None, prefix: str = ""
+) -> list[dict[str, Any]]:
     """Two groups of the trainable parameters: matrices with weight decay, biases and norms without it; ``lr`` sets
-    the groups' own learning rate (else the optimizer's)."""
+    the groups' own learning rate (else the optimizer's).
+
+    The groups are named ``<prefix>decay`` and ``<prefix>no_decay``: Lightning's ``LearningRateMonitor`` logs each
+    group's rate under its name (``lr-AdamW/decay``) instead of its position (``pg1``).
+    """
     named = [(n, p) for n, p in named if p.requires_grad]
     extra = {} if lr is None else {"lr": lr}
     decay = [p for _, p in named if p.ndim >= 2]
     no_decay = [p for _, p in named if p.ndim < 2]
-    return [{"params": decay, **extra}, {"params": no_decay, "weight_decay": 0.0, **extra}]
+    return [
+        {"params": decay, "name": f"{prefix}decay", **extra},
+        {"params": no_decay, "weight_decay": 0.0, "name": f"{prefix}no_decay", **extra},
+    ]
+
+
+def unique_group_names(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Name every parameter group, and make names unique (``decay``, ``decay-2``): ``LearningRateMonitor`` refuses
+    two groups of one optimizer with the same name, e.g. a stage that builds decay groups for two parts of a model."""
+    seen: dict[str, int] = {}
+    named = []
+    for i, group in enumerate(groups, start=1):
+        name = str(group.get("name", f"pg{i}"))
+        seen[name] = seen.get(name, 0) + 1
+        named.append({**group, "name": name if seen[name] == 1 else f"{name}-{seen[name]}"})
+    return named
+
+
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's class and its plain defaults (``lr``, ``weight_decay``, ``betas`` ...), for hyperparameter
+    logs: ``{"optimizer": "AdamW", "optimizer.lr": 2e-05, ...}``."""
+    settings: dict[str, Any] = {"optimizer": type(optimizer).__name__}
+    for key, value in optimizer.defaults.items():
+        if isinstance(value, bool | int | float | str) or (isinstance(value, tuple) and len(value) <= 4):
+            settings[f"optimizer.{key}"] = value
+    return settings
 
 
 def warmup_schedule(
