@@ -16,6 +16,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightembed.callbacks.export import ExportCallback
 from lightembed.provenance import bytes_sha256
@@ -41,9 +43,14 @@ def epoch_seed(base_seed: int, epoch: int, rank: int = 0) -> int:
 class ResumeCheckpoint(Checkpoint):
     """Exact resume at epoch boundaries: ``<dirpath>/last.ckpt`` at every epoch end, RNGs reseeded at every epoch.
 
-    * At the end of every training epoch it writes ``last.ckpt`` (to ``last.ckpt.partial``, then renamed, so a
-      kill never leaves half a checkpoint). As a :class:`~lightning.pytorch.callbacks.Checkpoint` it runs after the
-      other callbacks' epoch-end hooks, so the file holds their updated states (a best-model ``ModelCheckpoint``'s).
+    * At the end of every training epoch it writes ``last.ckpt``: to ``last.ckpt.partial``, flushed to disk, then
+      the old ``last.ckpt`` becomes ``previous.ckpt`` and the new file takes its name (``os.replace``), so a crash
+      never leaves half a checkpoint under a real name and a checkpoint found corrupt anyway has a predecessor. As
+      a :class:`~lightning.pytorch.callbacks.Checkpoint` it runs after the other callbacks' epoch-end hooks, so the
+      file holds their updated states (a best-model ``ModelCheckpoint``'s).
+    * When Lightning stops training on SIGTERM (or on SIGINT, which :mod:`lightembed.interrupts` routes the same
+      way) it writes ``last.ckpt`` the same way at that batch boundary (``on_exception``): the rerun resumes there,
+      though not bitwise like an epoch-end resume (Lightning restarts the epoch's DataLoader).
     * At the first batch of every epoch it seeds torch (CPU and CUDA), numpy and ``random`` from
       ``(base seed, epoch, global rank)``. An epoch's dropout masks then do not depend on what ran before it, so a
       run resumed from an epoch-end checkpoint draws the same numbers as an uninterrupted one (a fresh run and a
@@ -56,6 +63,7 @@ class ResumeCheckpoint(Checkpoint):
     """
 
     FILENAME = "last.ckpt"
+    PREVIOUS = "previous.ckpt"
 
     def __init__(self, dirpath: str) -> None:
         self.dirpath = dirpath
@@ -85,16 +93,30 @@ class ResumeCheckpoint(Checkpoint):
             random.seed(seed)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.fast_dev_run:
-            return
+        if not trainer.fast_dev_run:
+            self._save(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # only Lightning's clean stop (raised at a batch boundary) leaves a state worth resuming from; a bug's
+        # exception may come mid optimizer step, and the test pass after fit has nothing to resume
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if isinstance(exception, SIGTERMException) and fitting and not trainer.fast_dev_run:
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
         # write next to the target, then rename: a kill leaves the previous checkpoint or the new one, never half of
         # one (Lightning's own temporary file may sit on another file system, where its final move is a copy)
         partial = self.path.with_name(self.FILENAME + ".partial")
         trainer.save_checkpoint(partial)  # every rank calls it; it ends with a barrier
         if trainer.is_global_zero:
-            if self.path.is_dir():  # sharded strategies write folders, which os.replace cannot overwrite
-                shutil.rmtree(self.path)
+            _fsync(partial)
+            previous = self.path.with_name(self.PREVIOUS)
+            if self.path.exists():
+                if previous.is_dir():  # sharded strategies write folders, which os.replace cannot overwrite
+                    shutil.rmtree(previous)
+                os.replace(self.path, previous)
             os.replace(partial, self.path)
+            _fsync(self.path.parent)
         trainer.strategy.barrier("ResumeCheckpoint")
 
     def state_dict(self) -> dict[str, Any]:
@@ -102,3 +124,28 @@ class ResumeCheckpoint(Checkpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.base_seed = state_dict.get("base_seed")
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or every file of a folder and the folder itself, to disk (a rename is durable only after)."""
+    paths = [p for p in sorted(path.rglob("*")) if p.is_file()] + [path] if path.is_dir() else [path]
+    for item in paths:
+        fd = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be resumed from (truncated, corrupt), or None when it loads.
+
+    Loading memory-maps the tensors (``mmap=True``), so checking a large checkpoint reads its index, not its data.
+    """
+    try:
+        if path.is_dir():  # a sharded checkpoint: Lightning checks it when loading
+            return None if any(path.iterdir()) else "empty folder"
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, OSError, EOFError or pickle errors for a damaged file
+        return f"{type(err).__name__}: {err}".splitlines()[0]
+    return None

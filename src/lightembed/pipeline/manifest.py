@@ -12,11 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lightembed.encoder import SETTINGS_FILE
-from lightembed.pipeline.spec import PipelineError, PipelineSpec, StageSpec
-from lightembed.provenance import bytes_sha256
+from lightembed.pipeline.spec import PipelineError, PipelineSpec
+from lightembed.provenance import bytes_sha256, file_sha256
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -54,17 +52,20 @@ def export_complete(folder: str | Path) -> bool:
     return (Path(folder) / SETTINGS_FILE).is_file()
 
 
-def stage_fingerprint(spec: PipelineSpec, stage: StageSpec, input_model: str) -> str:
-    """Hash of what decides a stage's result: its configs (parsed, so comments do not count), args, input, adapter
-    hand-off and seed."""
-    payload = {
-        "configs": [[str(c), yaml.safe_load(c.read_text())] for c in stage.configs],
-        "args": list(stage.args),
-        "init_adapter_from_previous": stage.init_adapter_from_previous,
-        "input_model": input_model,
-        "seed": spec.seed,
-    }
-    return bytes_sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+def export_problems(record: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a done stage's export folder, checked against the file hashes in its manifest record
+    (``export_files``): missing, changed or unfinished files. Empty when the export is intact."""
+    folder = Path(record.get("output") or "")
+    if not record.get("output") or not export_complete(folder):
+        return [f"{SETTINGS_FILE} is missing (export unfinished or deleted)"]
+    problems = []
+    for name, digest in (record.get("export_files") or {}).items():
+        file = folder / name
+        if not file.is_file():
+            problems.append(f"{name} is missing")
+        elif file_sha256(file) != digest:
+            problems.append(f"{name} changed")
+    return problems
 
 
 def fingerprint_data(config: Mapping[str, Any]) -> dict[str, Any]:

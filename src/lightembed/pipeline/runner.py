@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import json
+import shlex
 import time
 import warnings
 from pathlib import Path
@@ -19,12 +20,14 @@ import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from lightembed.backbones import resolve_model_path
-from lightembed.callbacks.resume import ResumeCheckpoint, export_callback
+from lightembed.callbacks.resume import ResumeCheckpoint, checkpoint_problem, export_callback
 from lightembed.encoder import SETTINGS_FILE
 from lightembed.fit import BACKBONE_OPTION, build_cli
+from lightembed.interrupts import Interrupted, interrupt_signal, received
 from lightembed.packaged import is_packaged
+from lightembed.pipeline.inputs import describe_changes, folder_files, inputs_fingerprint, stage_inputs
 from lightembed.pipeline.lock import output_lock
-from lightembed.pipeline.manifest import Manifest, export_complete, fingerprint_data, now, stage_fingerprint
+from lightembed.pipeline.manifest import Manifest, export_complete, export_problems, fingerprint_data, now
 from lightembed.pipeline.spec import INIT_FROM, PipelineError, PipelineSpec, StageSpec, load_pipeline
 from lightembed.provenance import git_commit
 
@@ -119,15 +122,64 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
     return metrics
 
 
-def _plan(record: dict, fingerprint: str, upstream_ran: bool, run_dir: Path) -> tuple[str, Path | None]:
-    """``("skip" | "resume" | "run", checkpoint)`` for one stage, from its manifest record and run folder."""
-    ckpt = run_dir / RESUME_DIR / ResumeCheckpoint.FILENAME
-    unchanged = record.get("fingerprint") == fingerprint and not upstream_ran
-    if unchanged and record.get("status") == "done" and record.get("output") and export_complete(record["output"]):
-        return "skip", None
-    if unchanged and ckpt.exists():  # a folder under sharded strategies
-        return "resume", ckpt
-    return "run", None
+class _Plan:
+    """What to do with one stage: ``action`` ("skip" | "resume" | "run"), the checkpoint to resume from, and why."""
+
+    def __init__(self, action: str, ckpt: Path | None = None, why: str = "") -> None:
+        self.action, self.ckpt, self.why = action, ckpt, why
+
+
+def _plan(
+    spec: PipelineSpec, stage: StageSpec, record: dict, inputs: dict, upstream_ran: bool, restart: bool, dry_run: bool
+) -> _Plan:
+    """Skip, resume or run one stage, from its manifest record, its inputs now and its run folder."""
+    if restart:
+        return _Plan("run", why="--restart")
+    if upstream_ran:
+        return _Plan("run", why="an earlier stage ran again")
+    changes = describe_changes(record.get("inputs"), inputs) if record.get("fingerprint") else []
+    unchanged = record.get("fingerprint") == inputs_fingerprint(inputs)
+    if not unchanged and record.get("status") == "done":
+        return _Plan("run", why="changed since it was done: " + "; ".join(changes))
+    problems = export_problems(record) if unchanged and record.get("status") == "done" else []
+    if unchanged and record.get("status") == "done" and not problems:
+        return _Plan("skip")
+    ckpt = _good_checkpoint(spec, stage, dry_run)
+    if ckpt is not None and not unchanged:
+        what = "; ".join(changes) or "its fingerprint"
+        raise PipelineError(
+            f"stage {stage.name!r} was interrupted and its inputs changed since ({what}); resuming from {ckpt} "
+            f"would mix the old and the new. Restore them, or start the stage over: add `--restart {stage.name}` "
+            f"to the command (its run folder is moved aside, never deleted), or move {ckpt.parent} away yourself"
+        )
+    if ckpt is not None:
+        why = f"export incomplete ({'; '.join(problems)}); exporting again" if problems else ""
+        return _Plan("resume", ckpt, why)
+    if problems:
+        return _Plan("run", why=f"export incomplete ({'; '.join(problems)}) and no checkpoint to export from")
+    return _Plan("run")
+
+
+def _good_checkpoint(spec: PipelineSpec, stage: StageSpec, dry_run: bool) -> Path | None:
+    """``last.ckpt``, else ``previous.ckpt`` of the stage; an unreadable one is named, moved aside (not deleted)
+    and the next one tried."""
+    resume = spec.output_dir / stage.name / RESUME_DIR
+    for ckpt in (resume / ResumeCheckpoint.FILENAME, resume / ResumeCheckpoint.PREVIOUS):
+        if not ckpt.exists():  # a folder under sharded strategies
+            continue
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        if dry_run:
+            _say(f"[{stage.name}] checkpoint {ckpt} is unreadable ({problem}); a run would move it aside")
+            continue
+        aside = ckpt.with_name(f"{ckpt.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        ckpt.rename(aside)
+        _say(
+            f"pipeline {spec.name}: stage {stage.name}: checkpoint {ckpt} is unreadable ({problem}); moved it to "
+            f"{aside} and trying the previous checkpoint, else the stage starts over"
+        )
+    return None
 
 
 def _move_aside(run_dir: Path) -> Path | None:
@@ -195,20 +247,31 @@ def _evaluate(spec: PipelineSpec, model: Path) -> dict[str, Any]:
     }
 
 
-def run_pipeline(spec: PipelineSpec | str | Path, output_dir: str | Path | None = None, dry_run: bool = False) -> dict:
-    """Run (or with ``dry_run`` only plan and print) the stages of a pipeline; returns the manifest as a dict."""
+def run_pipeline(
+    spec: PipelineSpec | str | Path,
+    output_dir: str | Path | None = None,
+    dry_run: bool = False,
+    restart: str | None = None,
+) -> dict:
+    """Run (or with ``dry_run`` only plan and print) the stages of a pipeline; returns the manifest as a dict.
+
+    ``restart`` names a stage to start over (its run folder is moved aside), with every stage after it.
+    """
     if not isinstance(spec, PipelineSpec):
         spec = load_pipeline(spec, output_dir)
     elif output_dir is not None:
         raise ValueError("output_dir is for pipeline files; set PipelineSpec.output_dir instead")
+    names = [s.name for s in spec.stages]
+    if restart is not None and restart not in names:
+        raise PipelineError(f"--restart {restart!r}: pipeline {spec.name!r} has no such stage; its stages: {names}")
     _input_model(spec, 0, None)  # a missing first input fails here, before the output folder is made
     if dry_run or not _is_rank_zero():  # DDP ranks > 0 re-run the command while rank 0 holds the lock
-        return _run(spec, dry_run)
+        return _run(spec, dry_run, restart)
     with output_lock(spec.output_dir):
-        return _run(spec, dry_run)
+        return _run(spec, dry_run, restart)
 
 
-def _run(spec: PipelineSpec, dry_run: bool) -> dict:
+def _run(spec: PipelineSpec, dry_run: bool, restart: str | None) -> dict:
     rank_zero = _is_rank_zero()
     manifest = Manifest(spec, write=rank_zero and not dry_run)
     commit = git_commit()
@@ -220,12 +283,14 @@ def _run(spec: PipelineSpec, dry_run: bool) -> dict:
         input_model = _input_model(spec, index, previous_export)
         run_dir = spec.output_dir / stage.name
         record = manifest.stage(stage.name)
-        fingerprint = stage_fingerprint(spec, stage, input_model)
-        action, ckpt = _plan(record, fingerprint, upstream_ran, run_dir)
+        inputs = stage_inputs(spec, stage, input_model, stage_argv(spec, stage, input_model, previous_export))
+        plan = _plan(spec, stage, record, inputs, upstream_ran, stage.name == restart, dry_run or not rank_zero)
+        action, ckpt = plan.action, plan.ckpt
         argv = stage_argv(spec, stage, input_model, previous_export, ckpt)
+        why = f" ({plan.why})" if plan.why else ""
         if dry_run:
             note = " (old run folder would be moved aside)" if action == "run" and run_dir.is_dir() else ""
-            _say(f"[{stage.name}] {action}{note}\n  lightembed {' '.join(argv)}")
+            _say(f"[{stage.name}] {action}{why}{note}\n  {shlex.join(['lightembed', *argv])}")
             previous_export = Path(record["output"]) if action == "skip" else run_dir / EXPORT_DIR
             upstream_ran |= action != "skip"
             continue
@@ -238,15 +303,16 @@ def _run(spec: PipelineSpec, dry_run: bool) -> dict:
         if action == "run" and rank_zero:
             moved = _move_aside(run_dir)
             if moved is not None:
-                _say(f"pipeline {spec.name}: stage {stage.name} starts over; old run folder moved to {moved}")
-        _say(f"pipeline {spec.name}: stage {stage.name} {'resumes from ' + str(ckpt) if ckpt else 'starts'}")
+                _say(f"pipeline {spec.name}: stage {stage.name} starts over{why}; old run folder moved to {moved}")
+        _say(f"pipeline {spec.name}: stage {stage.name} {'resumes from ' + str(ckpt) if ckpt else 'starts'}{why}")
         record = {
             "status": "running",
             "input_model": input_model,
             "output": None,
             "run_dir": str(run_dir),
             "argv": ["lightembed", *argv],
-            "fingerprint": fingerprint,
+            "fingerprint": inputs_fingerprint(inputs),
+            "inputs": inputs,
             "resumed_from": str(ckpt) if ckpt else None,
             "attempts": record.get("attempts", 1) + 1 if ckpt else 1,
             "git_commit": commit,
@@ -263,14 +329,19 @@ def _run(spec: PipelineSpec, dry_run: bool) -> dict:
             if not export_complete(export):
                 raise PipelineError(f"stage {stage.name!r} finished but its export folder {export} is incomplete")
         except BaseException as err:
-            record.update(status="failed", error=f"{type(err).__name__}: {err}", finished_at=now())
+            signum = interrupt_signal(err)
+            status = "interrupted" if signum is not None else "failed"
+            record.update(status=status, error=f"{type(err).__name__}: {err}", finished_at=now())
             manifest.save()
+            if signum is not None:
+                _say(_interrupted_note(spec, stage, run_dir))
             raise
         config_file = Path(trainer.log_dir or run_dir) / "config.yaml"
         config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
         record.update(
             status="done",
             output=str(export),
+            export_files=folder_files(export),
             config_file=str(config_file) if config_file.is_file() else None,
             config=config,
             seed=config.get("seed_everything", spec.seed),
@@ -287,8 +358,20 @@ def _run(spec: PipelineSpec, dry_run: bool) -> dict:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        if received() is not None and index + 1 < len(spec.stages):  # a signal during the stage's last batch
+            _say(f"pipeline {spec.name}: stopping before stage {spec.stages[index + 1].name}; rerun to continue")
+            raise Interrupted(received())
     if spec.evaluate is not None and not dry_run and rank_zero:
         assert previous_export is not None
         manifest.data["evaluation"] = _evaluate(spec, previous_export)
         manifest.save()
     return manifest.data
+
+
+def _interrupted_note(spec: PipelineSpec, stage: StageSpec, run_dir: Path) -> str:
+    ckpt = run_dir / RESUME_DIR / ResumeCheckpoint.FILENAME
+    then = f"resumes from {ckpt}" if ckpt.exists() else "starts over (no checkpoint was written yet)"
+    return (
+        f"pipeline {spec.name}: stage {stage.name} interrupted, marked 'interrupted' in "
+        f"{spec.output_dir / 'manifest.json'}; rerunning the same command {then}"
+    )
