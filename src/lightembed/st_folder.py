@@ -42,9 +42,13 @@ def write_st_files(folder: Path, pooling: str, normalize: bool, dimension: int, 
         (folder / "2_Normalize").mkdir(exist_ok=True)
     write_json(folder / "modules.json", modules)
     modes = {key: name == pooling for name, key in ST_POOLING_KEYS.items()}
+    modes["pooling_mode_mean_sqrt_len_tokens"] = False
+    # lightembed leaves an instruction out of mean/max/weighted-mean pooling; cls and last_token take their token
+    # whatever precedes it (lightembed.pooling.pool), which sentence-transformers does with the prompt included
+    include_prompt = pooling in ("cls", "last_token")
     write_json(
         folder / "1_Pooling" / "config.json",
-        {"word_embedding_dimension": dimension, **modes, "pooling_mode_mean_sqrt_len_tokens": False},
+        {"word_embedding_dimension": dimension, **modes, "include_prompt": include_prompt},
     )
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
 

@@ -61,8 +61,10 @@ def optimizer_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     logs: ``{"optimizer": "AdamW", "optimizer.lr": 2e-05, ...}``."""
     settings: dict[str, Any] = {"optimizer": type(optimizer).__name__}
     for key, value in optimizer.defaults.items():
-        if isinstance(value, bool | int | float | str) or (isinstance(value, tuple) and len(value) <= 4):
+        if isinstance(value, bool | int | float | str):
             settings[f"optimizer.{key}"] = value
+        elif isinstance(value, tuple) and all(isinstance(v, int | float) for v in value):  # betas
+            settings[f"optimizer.{key}"] = list(value)  # a list, so hparams.yaml stays plain YAML
     return settings
 
 
