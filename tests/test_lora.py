@@ -303,3 +303,26 @@ def test_merge_into_base_uses_the_full_precision_weights(llama64_dir, tmp_path, 
     fp32_adapted = apply_lora(load_backbone(str(llama64_dir)), SETTINGS)
     fp32_adapted.load_state_dict({k: v for k, v in adapted.state_dict().items() if "lora_" in k}, strict=False)
     torch.testing.assert_close(output(merged, ids), output(fp32_adapted, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_importing_lora_loads_neither_peft_nor_bitsandbytes():
+    """peft imports bitsandbytes, which takes seconds and warns on some CPUs: only LoRA/QLoRA use should pay."""
+    import subprocess
+    import sys
+
+    code = "import sys, lightembed.lora; print(sorted({'peft', 'bitsandbytes'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert "Failed to load" not in done.stderr
+
+
+def test_plain_models_are_checked_without_importing_peft(monkeypatch):
+    import sys
+
+    from lightembed.lora import has_lora_layers, is_peft_model, is_quantized
+
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    for name in ("peft", "bitsandbytes"):
+        monkeypatch.delitem(sys.modules, name, raising=False)  # as in a process that never used LoRA
+    assert not is_peft_model(plain) and not has_lora_layers(plain) and not is_quantized(plain)

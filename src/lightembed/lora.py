@@ -23,18 +23,22 @@ base plus the learned update.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import bitsandbytes as bnb
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from peft.tuners.lora import LoraLayer
 from torch import nn
 from transformers import AutoConfig, AutoModel, BitsAndBytesConfig, PreTrainedModel
 
 from lightembed.backbones import DTYPES, family_of, load_backbone, resolve_model_path, set_bidirectional
+from lightembed.optional import require
+
+# peft and bitsandbytes are imported where an adapter or a 4-bit base is used, not here: importing them takes seconds
+# (peft imports bitsandbytes), and every command that never touches LoRA would pay for it.
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +144,9 @@ def apply_lora(model: PreTrainedModel, settings: LoRASettings) -> PeftModel:
         ValueError: ``model`` already carries an adapter (merge it first with :func:`merge_lora`).
         FileNotFoundError: ``init_from`` is not an adapter folder.
     """
-    if isinstance(model, PeftModel) or any(isinstance(m, LoraLayer) for m in model.modules()):
+    from peft import LoraConfig, get_peft_model
+
+    if has_lora_layers(model):
         raise ValueError("model already has a LoRA adapter: merge it (merge_lora) before applying a new one")
     if settings.init_from is not None:
         return _load_trainable_adapter(model, settings)
@@ -173,6 +179,8 @@ def _load_trainable_adapter(model: PreTrainedModel, settings: LoRASettings) -> P
         raise FileNotFoundError(
             f"LoRA `init_from` folder {str(folder)!r} holds no {ADAPTER_CONFIG_FILE} (expected a saved adapter)"
         )
+    from peft import PeftModel
+
     peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
     loaded = settings_of(peft_model)
     if settings.target_modules is not None and sorted(settings.target_modules) != loaded.target_modules:
@@ -199,7 +207,7 @@ def _count_parameters(model: nn.Module) -> tuple[int, int]:
 
 def save_adapter(model: PeftModel, folder: str | Path) -> Path:
     """Write the adapter alone (``adapter_config.json`` + ``adapter_model.safetensors``) to ``folder``; returns it."""
-    if not isinstance(model, PeftModel):
+    if not is_peft_model(model):
         raise TypeError(f"save_adapter needs a peft.PeftModel, got {type(model).__name__}")
     folder = Path(folder)
     model.save_pretrained(str(folder))
@@ -208,8 +216,28 @@ def save_adapter(model: PeftModel, folder: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------- merge
+# A model can only hold peft or bitsandbytes layers once that package was imported: looking in sys.modules first
+# answers "no" for a plain model without paying for the import.
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``peft.PeftModel`` (the wrapper :func:`apply_lora` returns)."""
+    return "peft" in sys.modules and isinstance(model, sys.modules["peft"].PeftModel)
+
+
+def has_lora_layers(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``PeftModel`` or holds peft LoRA layers anywhere inside."""
+    if "peft" not in sys.modules:
+        return False
+    from peft.tuners.lora import LoraLayer
+
+    return is_peft_model(model) or any(isinstance(m, LoraLayer) for m in model.modules())
+
+
 def is_quantized(model: nn.Module) -> bool:
     """Whether any layer of ``model`` holds bitsandbytes 4-bit weights."""
+    if "bitsandbytes" not in sys.modules:
+        return False
+    import bitsandbytes as bnb
+
     return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
 
 
@@ -224,8 +252,8 @@ def merge_lora(model: PeftModel | PreTrainedModel) -> PreTrainedModel:
         ValueError: the base is 4-bit: merging there re-quantises the update away; use :func:`merge_into_base`.
         RuntimeError: the merged weight of the checked layer is not ``W + B @ A * scale``.
     """
-    if not isinstance(model, PeftModel):
-        if any(isinstance(m, LoraLayer) for m in model.modules()):
+    if not is_peft_model(model):
+        if has_lora_layers(model):
             raise ValueError("model holds LoRA layers without a peft.PeftModel wrapper; cannot merge them safely")
         log.info("merge_lora: %s has no adapter, nothing to merge", type(model).__name__)
         return model
@@ -234,6 +262,8 @@ def merge_lora(model: PeftModel | PreTrainedModel) -> PreTrainedModel:
             "merge_lora: the base model is 4-bit (QLoRA); merging into quantized weights loses the update. "
             "Save the adapter and use merge_into_base(<full-precision base>, <adapter folder>) instead."
         )
+    from peft.tuners.lora import LoraLayer
+
     lora_layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
     check_name, check_layer = lora_layers[0]
     expected = check_layer.get_base_layer().weight.detach().float().clone()
@@ -272,6 +302,8 @@ def merge_into_base(
         bidirectional: attention mode of the merged decoder (``None``: the base's own); it is saved with the model.
     """
     base = load_backbone(base_name_or_path, dtype=dtype, bidirectional=bidirectional)
+    from peft import PeftModel
+
     adapted = PeftModel.from_pretrained(base, str(adapter_folder), is_trainable=False)
     return merge_lora(adapted)
 
@@ -290,6 +322,9 @@ def disable_cpu_weight_repacking(model: nn.Module) -> int:
     (:func:`load_quantized` does). On hidden sizes below the 64-wide quantisation block the packing crashes instead.
     GPU runs are unaffected either way. Returns the number of ``Linear4bit`` layers set.
     """
+    if "bitsandbytes" not in sys.modules:
+        return 0
+    import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
     count = unpacked = 0
@@ -344,6 +379,9 @@ def load_quantized(
         raise ValueError(
             f"unknown compute_dtype {compute_dtype!r} (option `compute_dtype`); choose {list(COMPUTE_DTYPES)}"
         )
+    require("bitsandbytes", purpose="4-bit quantization (QLoRA)")
+    from peft import prepare_model_for_kbit_training
+
     path = resolve_model_path(name_or_path)
     family = family_of(AutoConfig.from_pretrained(path), name_or_path)
     if device is None:
