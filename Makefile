@@ -24,12 +24,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed  ## create .venv and install lightembed with dev and bench extras
 
-# bf16-mixed where the CPU multiplies bf16 natively, else fp32 (emulated bf16 is many times slower than fp32)
-PRECISION = $(shell $(BIN)/python -c "from lightembed.precision import cpu_training_precision as p; print(p())")
-
+# the trainer config's `precision: auto` picks bf16-mixed where the CPU multiplies bf16 natively, else fp32
 quickstart: install  ## train AnglE on packaged MiniLM with STS-B train, test on STS-B test, print the table
 	$(BIN)/lightembed fit --config configs/trainer/cpu.yaml --config configs/model/angle_minilm.yaml \
-		--config $(QUICKSTART_DATA) --trainer.logger.init_args.name quickstart --trainer.precision $(PRECISION)
+		--config $(QUICKSTART_DATA) --trainer.logger.init_args.name quickstart
 
 test: install  ## the default test suite (no network, no big model)
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,8 @@ stages through :func:`build_cli`, the same code path as the command line.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +17,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightembed.strategies  # noqa: F401  (registers the `fsdp2` and `fsdp_blocks` strategy names)
 from lightembed.interrupts import handle_interrupts
+from lightembed.precision import accept_auto_precision, resolve_precision
 from lightembed.stages.base import EmbeddingModule
+
+# lightembed's command line passes its (normalised) sys.argv as `args`; the warning guards against giving both by
+# mistake, which lightembed never does, so it only alarms users
+warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+# every Trainer start logs an advertisement for a cloud logger; keep Lightning's other messages
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda record: "💡" not in str(record.msg))
 
 BACKBONE_OPTION = "model.init_args.encoder.backbone"
 """The stage option naming the backbone (Hub id, folder, ``packaged:`` name); the pipeline pins it per stage."""
@@ -41,6 +50,11 @@ class LightembedCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(BACKBONE_OPTION, "data.init_args.tokenizer")
         parser.link_arguments(MAX_LENGTH_OPTION, "data.init_args.max_length")
+        accept_auto_precision(parser)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        config.trainer.precision = resolve_precision(config.trainer.precision, config.trainer.accelerator)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         try:
@@ -63,8 +77,13 @@ class LightembedCLI(LightningCLI):
                 self.trainer.callback_metrics.setdefault(name, value)
 
 
-def build_cli(args: Sequence[str] | None = None, run: bool = True) -> LightembedCLI:
+def build_cli(args: Sequence[str] | None = None, run: bool = True, exit_on_error: bool = True) -> LightembedCLI:
     """Build (and by default run) the LightningCLI; ``run=False`` only parses and instantiates (used by tests).
+
+    ``exit_on_error=False`` raises the parser's errors (``ArgumentError``) instead of printing usage and exiting 2.
+    The optimizer and schedule are stage options (``--model.init_args.optimizer``, ``...scheduler``): LightningCLI's
+    top-level ``--optimizer``/``--lr_scheduler`` are not offered, as it would build them before the stage's
+    ``configure_model`` creates the weights.
 
     SIGTERM/SIGINT stop a run at a batch boundary and exit with 143/130 (:mod:`lightembed.interrupts`).
     """
@@ -76,6 +95,8 @@ def build_cli(args: Sequence[str] | None = None, run: bool = True) -> Lightembed
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": exit_on_error},
+            auto_configure_optimizers=False,
             args=list(args) if args is not None else None,
             run=run,
         )
