@@ -269,3 +269,37 @@ def test_the_readme_8bit_optimizer_option_parses_and_builds(tiny_bert_dir, monke
     cli.model.configure_model()
     optimizer = cli.model.optimizer_factory(cli.model.parameters())
     assert isinstance(optimizer, bnb.optim.AdamW8bit) and optimizer.defaults["lr"] == 2e-5
+
+
+def test_stage_encode_embeds_empty_strings_and_refuses_non_strings(tiny_bert_dir):
+    module = _module(tiny_bert_dir, normalize=True)
+    texts = ["", "A man is playing a guitar.", "  "]
+    embeddings = module.encode(texts, convert_to_numpy=True)
+    assert embeddings.shape == (3, 32)
+    torch.testing.assert_close(torch.from_numpy(embeddings), module.encoder.encode(texts))
+    with pytest.raises(ValueError, match=r"text #1 is not a string"):
+        module.encode(["fine", None])
+
+
+def test_predict_step_embeds_a_text_batch_as_encode_does(tiny_bert_dir):
+    from lightembed.data.collators import PairCollator
+
+    module = _module(tiny_bert_dir, normalize=True)
+    texts = ["A man is playing a guitar.", "Short.", "Someone plays music on stage tonight."]
+    features = PairCollator(module.tokenizer, 32).encode_texts(texts)
+    module.configure_model()
+    module.eval()
+    with torch.no_grad():
+        out = module.predict_step({"text": features, "row": torch.tensor([4, 0, 2])}, 0)
+    assert out["row"].tolist() == [4, 0, 2]
+    torch.testing.assert_close(out["embedding"], module.encode(texts), atol=1e-5, rtol=1e-5)
+
+
+def test_training_summary_names_the_loss_its_terms_and_the_optimizer(tiny_bert_dir, sts_file):
+    module = _module(tiny_bert_dir, loss=CoSENTLoss(temperature=0.05))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(module, datamodule=_data(tiny_bert_dir, sts_file))
+    summary = module.training_summary()
+    assert summary["loss"] == "CoSENTLoss" and summary["loss.temperature"] == 0.05
+    assert summary["optimizer"] == "AdamW" and summary["optimizer.lr"] == 2e-5
+    assert [g["name"] for g in trainer.optimizers[0].param_groups] == ["decay", "no_decay"]
