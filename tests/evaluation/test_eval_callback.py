@@ -68,3 +68,25 @@ def test_step_schedule_and_validation(tiny_bert_dir, sts_file, tiny_data_root, t
     assert [h["step"] for h in callback.history] == [2, 4]
     with pytest.raises(ValueError, match="at least one"):
         EvaluationCallback()
+
+
+def test_retrieval_metrics_are_logged_during_validation(tiny_bert_dir, sts_file, tiny_data_root, tmp_path):
+    import json
+
+    folder = tmp_path / "beir"
+    (folder / "qrels").mkdir(parents=True)
+    docs = ["a man plays guitar", "a cat sleeps", "children play soccer", "the sky is blue"]
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(docs))
+    )
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "someone playing music"}) + "\n")
+    (folder / "qrels" / "dev.tsv").write_text("query-id\tcorpus-id\tscore\nq\td0\t1\n")
+    callback = EvaluationCallback(
+        retrieval={"toy": str(folder)}, retrieval_split="dev", retrieval_ks=[1, 10], every_n_validations=1
+    )
+    trainer, checkpoint = _fit(tiny_bert_dir, sts_file, tiny_data_root, tmp_path, callback, 2, "eval/ndcg@10_mean")
+    metrics = trainer.callback_metrics
+    for name in ("eval/toy_ndcg@10", "eval/toy_mrr@1", "eval/toy_recall@10", "eval/ndcg@10_mean"):
+        assert name in metrics
+    assert float(metrics["eval/toy_recall@10"]) == 1.0  # 4 documents: the relevant one is always in the top 10
+    assert checkpoint.best_model_score is not None

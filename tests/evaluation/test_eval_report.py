@@ -110,3 +110,51 @@ def test_run_suite_with_any_encoder_and_report_without_a_module(vector_encoder, 
     report = build_report(results, "vectors", env=environment())
     assert report["pooling"] is None and report["clustering"]["c"]["n"] == 20
     assert report["encode"]["texts"] == 20
+
+
+def _beir(folder, write_jsonl):
+    docs = [("d1", "v:1,0 cats"), ("d2", "v:0,1 dogs"), ("d3", "v:-1,0 fish"), ("d4", "v:0,-1 birds")]
+    write_jsonl(folder / "corpus.jsonl", [{"_id": i, "title": "", "text": t} for i, t in docs])
+    write_jsonl(folder / "queries.jsonl", [{"_id": "q1", "text": "v:1,0.2 cat"}, {"_id": "q2", "text": "v:0.1,1 dog"}])
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t1\n")
+    return folder
+
+
+def test_run_suite_scores_retrieval_and_reranking_into_the_report(vector_encoder, tmp_path, write_jsonl):
+    folder = _beir(tmp_path / "beir", write_jsonl)
+    rr = write_jsonl(
+        tmp_path / "rr.jsonl",
+        [{"query": "v:1,0 q", "positive": "v:1,0 p", "negative": ["v:0,1 n", "v:1,0.1 n2"]}],
+    )
+    results = run_suite(vector_encoder, retrieval={"toy": str(folder)}, reranking={"rr": str(rr)}, retrieval_ks=[1, 3])
+    [toy] = results.retrieval
+    # q1 finds d1 first; q2 (0.1, 1) ranks d2 (0.995), d1 (0.0995), then its relevant d3 (-0.0995)
+    assert toy.metrics["mrr@1"] == pytest.approx(0.5) and toy.metrics["mrr@3"] == pytest.approx((1 + 1 / 3) / 2)
+    assert results.reranking[0].mrr == pytest.approx(1.0) and results.reranking[0].map == pytest.approx(1.0)
+    report = build_report(results, "vectors", env=environment())
+    assert report["retrieval"]["toy"]["recall@3"] == pytest.approx(1.0) and report["retrieval"]["toy"]["queries"] == 2
+    assert report["reranking"]["rr"]["mrr@10"] == pytest.approx(1.0)
+    rows = {(r["task"], r["set"], r["metric"]) for r in report["scores"]}
+    assert ("retrieval", "toy", "ndcg@3") in rows and ("reranking", "rr", "map") in rows
+    assert report["data"]["retrieval/toy"]["kind"] == "local"
+    assert report["settings"]["retrieval_ks"] == [1, 3]
+
+
+def test_evaluate_command_with_retrieval_reranking_and_device(tiny_bert_dir, tmp_path, write_jsonl, capsys):
+    from lightembed.evaluation.commands import evaluate_main
+
+    folder = _beir(tmp_path / "beir", write_jsonl)
+    rr = write_jsonl(tmp_path / "rr.jsonl", [{"query": "a cat", "positive": "cats", "negative": "fish"}])
+    out = tmp_path / "report.json"
+    report = evaluate_main(
+        [str(tiny_bert_dir), "--retrieval", f"toy={folder}", "--reranking", f"rr={rr}", "--retrieval-k", "1", "10"]
+        + ["--query-instruction", "query: ", "--device", "cpu", "--json", str(out)]
+    )
+    printed = capsys.readouterr().out
+    assert "### Retrieval (x100)" in printed and "### Reranking (x100)" in printed and "| toy | 2 | 4 |" in printed
+    saved = json.loads(out.read_text())
+    assert saved["retrieval"]["toy"]["ndcg@10"] == report["retrieval"]["toy"]["ndcg@10"]
+    assert set(saved["retrieval"]["toy"]) >= {f"{m}@{k}" for m in ("ndcg", "mrr", "recall", "map") for k in (1, 10)}
+    assert saved["settings"]["query_instruction"] == "query: " and "sts" not in saved["settings"].get("suites", [])
+    assert saved["sts"] == {} and saved["reranking"]["rr"]["samples"] == 1

@@ -1,4 +1,5 @@
-"""The evaluation suite as a Lightning callback: STS, classification and clustering scores logged during training.
+"""The evaluation suite as a Lightning callback: STS, classification, clustering and retrieval scores logged during
+training.
 
 The callback runs the same evaluators as ``lightembed evaluate`` on the module being trained (its ``encode``: length
 sorted, ``inference_mode``, optional bf16) and logs one scalar per score to the trainer's loggers (TensorBoard):
@@ -6,7 +7,10 @@ sorted, ``inference_mode``, optional bf16) and logs one scalar per score to the 
 * ``<prefix>/<set>_spearman`` and ``<prefix>/<set>_pearson`` per STS set, ``<prefix>/spearman_mean``;
 * ``<prefix>/<set>_accuracy`` per classification set (``<set>_<classifier>_accuracy`` for classifiers other than
   ``logreg``), ``<prefix>/accuracy_mean`` (logistic regression);
-* ``<prefix>/<set>_v_measure`` per clustering set, ``<prefix>/v_measure_mean``.
+* ``<prefix>/<set>_v_measure`` per clustering set, ``<prefix>/v_measure_mean``;
+* ``<prefix>/<set>_<metric>@<k>`` per retrieval set (nDCG, MRR, Recall, Precision, MAP, accuracy at each of
+  ``retrieval_ks``), ``<prefix>/ndcg@10_mean`` when 10 is a cut-off; ``<prefix>/<set>_map`` and
+  ``<prefix>/<set>_mrr@10`` per reranking set.
 
 Schedule: at the end of every ``every_n_validations``-th validation run (sanity checks excluded; the first run
 always evaluates), so a :class:`~lightning.pytorch.callbacks.ModelCheckpoint` can select the best checkpoint on any
@@ -20,6 +24,8 @@ YAML (``trainer.callbacks``)::
     - class_path: lightembed.callbacks.evaluation.EvaluationCallback
       init_args:
         classification: {mr: classification/mr, trec: classification/trec}
+        retrieval: {snli: benchmarks/data/retrieval/snli}   # BEIR folder, qrels/dev.tsv with retrieval_split: dev
+        retrieval_split: dev
         folds: 5
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {monitor: eval/accuracy_mean, mode: max}
@@ -62,16 +68,29 @@ def suite_metrics(results: SuiteResults, prefix: str = "eval") -> dict[str, floa
         metrics[f"{prefix}/{r.name}_v_measure"] = r.v_measure
     if results.clustering:
         metrics[f"{prefix}/v_measure_mean"] = sum(r.v_measure for r in results.clustering) / len(results.clustering)
+    for r in results.retrieval:
+        for metric, value in r.metrics.items():
+            metrics[f"{prefix}/{r.name}_{metric}"] = value
+    if results.retrieval and all("ndcg@10" in r.metrics for r in results.retrieval):
+        metrics[f"{prefix}/ndcg@10_mean"] = sum(r.metrics["ndcg@10"] for r in results.retrieval) / len(
+            results.retrieval
+        )
+    for r in results.reranking:
+        metrics[f"{prefix}/{r.name}_map"] = r.map
+        metrics[f"{prefix}/{r.name}_mrr@{r.at_k}"] = r.mrr
     return metrics
 
 
 class EvaluationCallback(L.Callback):
-    """Run STS/classification/clustering evaluators on a schedule and log the scores (module docstring).
+    """Run STS/classification/clustering/retrieval evaluators on a schedule and log the scores (module docstring).
 
     Args:
         sts: STS sets, name -> source (``sentence1, sentence2, score``).
         classification: classification sets, name -> source (``text, label`` or ``sentence1, sentence2, label``).
         clustering: clustering sets, name -> source (``text, label``).
+        retrieval: retrieval sets, name -> BEIR folder / Hub id or query/positive file
+            (:mod:`lightembed.evaluation.retrieval_data`).
+        reranking: reranking sets, name -> query/positive/negative file.
         classifiers: classifier names (see :data:`lightembed.evaluation.classification.CLASSIFIERS`).
         data_root: folder for relative local sources; default ``$LIGHTEMBED_DATA``.
         every_n_validations: evaluate at every n-th validation run (0 disables evaluation at validation).
@@ -83,6 +102,9 @@ class EvaluationCallback(L.Callback):
         seed: seed of folds, classifiers and KMeans.
         sts_split, clustering_split: split read for Hub ids and per-split folders.
         batch_size, precision, instruction: encoding options.
+        retrieval_split: qrels split of BEIR sets (``dev`` to select checkpoints without touching the test split).
+        retrieval_ks: cut-offs of the retrieval metrics.
+        query_instruction: prefix of retrieval/reranking queries only, excluded from pooling.
         rank_zero_only: evaluate on global rank 0 only and broadcast (False for sharded models).
     """
 
@@ -91,6 +113,8 @@ class EvaluationCallback(L.Callback):
         sts: dict[str, str] | None = None,
         classification: dict[str, str] | None = None,
         clustering: dict[str, str] | None = None,
+        retrieval: dict[str, str] | None = None,
+        reranking: dict[str, str] | None = None,
         classifiers: Sequence[str] = ("logreg",),
         data_root: str | None = None,
         every_n_validations: int = 1,
@@ -105,11 +129,17 @@ class EvaluationCallback(L.Callback):
         batch_size: int = 64,
         precision: str = "float32",
         instruction: str | None = None,
+        retrieval_split: str = "test",
+        retrieval_ks: Sequence[int] = (1, 3, 5, 10, 100),
+        query_instruction: str | None = None,
         rank_zero_only: bool = True,
     ) -> None:
         super().__init__()
-        if not (sts or classification or clustering):
-            raise ValueError("EvaluationCallback needs at least one of `sts`, `classification` or `clustering`")
+        if not (sts or classification or clustering or retrieval or reranking):
+            raise ValueError(
+                "EvaluationCallback needs at least one of `sts`, `classification`, `clustering`, `retrieval` or "
+                "`reranking`"
+            )
         if every_n_validations < 0:
             raise ValueError(f"every_n_validations must be >= 0, got {every_n_validations}")
         if every_n_train_steps is not None and every_n_train_steps < 1:
@@ -117,6 +147,8 @@ class EvaluationCallback(L.Callback):
         self.sts = dict(sts or {})
         self.classification = dict(classification or {})
         self.clustering = dict(clustering or {})
+        self.retrieval = dict(retrieval or {})
+        self.reranking = dict(reranking or {})
         self.classifiers = tuple(classifiers)
         self.data_root = data_root
         self.every_n_validations = every_n_validations
@@ -134,6 +166,9 @@ class EvaluationCallback(L.Callback):
             "batch_size": batch_size,
             "precision": precision,
             "instruction": instruction,
+            "retrieval_split": retrieval_split,
+            "retrieval_ks": tuple(retrieval_ks),
+            "query_instruction": query_instruction,
         }
         self.rank_zero_only = rank_zero_only
         self.validations = 0
@@ -148,7 +183,13 @@ class EvaluationCallback(L.Callback):
         if trainer.is_global_zero or not self.rank_zero_only:
             start = time.perf_counter()
             results = run_suite(
-                pl_module, sts=self.sts, classification=self.classification, clustering=self.clustering, **self.options
+                pl_module,
+                sts=self.sts,
+                classification=self.classification,
+                clustering=self.clustering,
+                retrieval=self.retrieval,
+                reranking=self.reranking,
+                **self.options,
             )
             metrics = suite_metrics(results, prefix)
             log.info("evaluation at step %d took %.1fs", trainer.global_step, time.perf_counter() - start)

@@ -1,7 +1,8 @@
 """The ``lightembed evaluate`` and ``lightembed analyze`` commands (registered in :mod:`lightembed.cli`).
 
 ``lightembed evaluate MODEL [--suite sts sts-all senteval clustering] [--sts ...] [--classification ...]
-[--clustering ...] [--mteb TASK ...] [--json PATH]`` prints markdown tables and writes the JSON report of
+[--clustering ...] [--retrieval NAME=SOURCE ...] [--reranking NAME=SOURCE ...] [--mteb TASK ...] [--json PATH]``
+prints markdown tables and writes the JSON report of
 :mod:`lightembed.evaluation.report`. Without any set or suite it runs ``--suite sts senteval`` (STS-B test and the
 7 SentEval sets) on the data root.
 
@@ -37,7 +38,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="lightembed evaluate",
-        description="Evaluate any encoder: STS, SentEval classification, clustering, MTEB; markdown + JSON report.",
+        description="Evaluate any encoder: STS, SentEval classification, clustering, retrieval, reranking, MTEB; "
+        "markdown + JSON report.",
     )
     parser.add_argument("model", help="Hub id, local folder, packaged:<name>, or a Lightning .ckpt")
     parser.add_argument(
@@ -67,6 +69,35 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--clustering", nargs="+", default=[], metavar="[NAME=]SOURCE", help="labelled text/label sets for KMeans"
     )
+    parser.add_argument(
+        "--retrieval",
+        nargs="+",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="retrieval sets: a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or Hub id, or a file "
+        "with query/positive[/negative] columns; nDCG, MRR, Recall, MAP, Precision at --retrieval-k",
+    )
+    parser.add_argument(
+        "--reranking",
+        nargs="+",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="reranking sets: query/positive/negative rows (text or lists); MAP and MRR@10",
+    )
+    parser.add_argument("--retrieval-split", default="test", help="qrels split of BEIR sets (default test)")
+    parser.add_argument(
+        "--retrieval-k",
+        nargs="+",
+        type=int,
+        default=None,
+        help="cut-offs of the retrieval metrics (default 1 3 5 10 100)",
+    )
+    parser.add_argument(
+        "--query-instruction", default=None, help="prefix for retrieval/reranking queries only, excluded from pooling"
+    )
+    parser.add_argument(
+        "--search", choices=["exact", "faiss"], default="exact", help="top-k search: exact torch chunks or faiss"
+    )
     parser.add_argument("--mteb", nargs="+", default=[], metavar="TASK", help="MTEB task names (needs `mteb`)")
     parser.add_argument("--mteb-output", default="mteb-results", help="folder for mteb's result files")
     parser.add_argument(
@@ -88,6 +119,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-length", type=int, default=None, help="override the model's token limit")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--device", default="cpu", help="torch device the model runs on, e.g. cuda or cuda:1")
     parser.add_argument("--instruction", default=None, help="prefix for every sentence, excluded from pooling")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON here")
     return parser
@@ -105,6 +137,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     from lightembed.evaluation.classification import SENTEVAL_SETS
     from lightembed.evaluation.clustering import CLUSTERING_SETS
     from lightembed.evaluation.report import build_report, format_report, run_suite, suite_sources
+    from lightembed.evaluation.retrieval import DEFAULT_KS
     from lightembed.evaluation.sts import parse_named_sources
 
     ns = evaluate_parser().parse_args(list(argv))
@@ -113,7 +146,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
         if value is not None and value < (2 if option == "--folds" else 1):
             raise ValueError(f"{option} must be at least {2 if option == '--folds' else 1}, got {value}")
     suites = ns.suite
-    if suites is None and not (ns.sts or ns.classification or ns.clustering or ns.mteb):
+    if suites is None and not (ns.sts or ns.classification or ns.clustering or ns.mteb or ns.retrieval or ns.reranking):
         suites = list(DEFAULT_SUITES)
     chosen = suite_sources(suites or [], ns.data_root)
     sts = {**chosen["sts"], **parse_named_sources(ns.sts, ns.split, ns.data_root)}
@@ -128,12 +161,17 @@ def evaluate_main(argv: Sequence[str]) -> dict:
         ),
     }
 
-    encoder = load_encoder(ns.model, pooling=ns.pooling, max_length=ns.max_length)
+    retrieval = parse_named_sources(ns.retrieval, what="retrieval", default_name=_set_name)
+    reranking = parse_named_sources(ns.reranking, what="reranking", default_name=_set_name)
+
+    encoder = load_encoder(ns.model, pooling=ns.pooling, max_length=ns.max_length).to(ns.device)
     results = run_suite(
         encoder,
         sts=sts,
         classification=classification,
         clustering=clustering,
+        retrieval=retrieval,
+        reranking=reranking,
         classifiers=ns.classifier,
         sts_split=ns.split,
         clustering_split=ns.clustering_split,
@@ -146,6 +184,10 @@ def evaluate_main(argv: Sequence[str]) -> dict:
         batch_size=ns.batch_size,
         precision=ns.precision,
         instruction=ns.instruction,
+        retrieval_split=ns.retrieval_split,
+        retrieval_ks=ns.retrieval_k or DEFAULT_KS,
+        query_instruction=ns.query_instruction,
+        search_backend=ns.search,
     )
     if ns.mteb:
         from lightembed.evaluation.mteb import MTEBEncoder, run_mteb

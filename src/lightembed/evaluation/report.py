@@ -1,6 +1,6 @@
 """Evaluation suites and their report: every score with the model, settings, data hashes and environment beside it.
 
-:func:`run_suite` runs the STS, classification and clustering evaluators with one shared
+:func:`run_suite` runs the STS, classification, clustering, retrieval and reranking evaluators with one shared
 :class:`~lightembed.evaluation.encoding.EncodeCache` (each distinct text is encoded once per run);
 :func:`build_report` turns the results into a JSON-ready dict and :func:`format_report` into markdown.
 
@@ -13,6 +13,8 @@ Report schema (``lightembed evaluate --json``)::
     sts {set: {spearman, pearson, pairs, source}},
     classification {set: {classifier: {accuracy, f1, accuracy_std, protocol, n_train, n_test, classes, c}}},
     clustering {set: {v_measure, ari, n, clusters, classes}},
+    retrieval {set: {"ndcg@k", "mrr@k", "recall@k", "precision@k", "map@k", "accuracy@k", queries, corpus, source}},
+    reranking {set: {map, "mrr@k", "ndcg@k", samples, source}},
     mteb {task: main score},
     encode {texts, seconds, per_s},
     scores [{task, set, metric, value, classifier?, model, pooling, dtype, precision, seed, git_commit,
@@ -42,6 +44,9 @@ from lightembed.evaluation.clustering import (
     format_clustering_table,
 )
 from lightembed.evaluation.encoding import EncodeCache
+from lightembed.evaluation.reranking import RerankingResult, evaluate_reranking, format_reranking_table
+from lightembed.evaluation.retrieval import DEFAULT_KS, RetrievalResult, evaluate_retrieval, format_retrieval_table
+from lightembed.evaluation.retrieval_data import load_reranking, load_retrieval
 from lightembed.evaluation.sts import STSResult, evaluate_sts, format_table, sts_all_sources
 from lightembed.provenance import environment
 
@@ -74,6 +79,8 @@ class SuiteResults:
     sts: list[STSResult] = field(default_factory=list)
     classification: list[ClassificationResult] = field(default_factory=list)
     clustering: list[ClusteringResult] = field(default_factory=list)
+    retrieval: list[RetrievalResult] = field(default_factory=list)
+    reranking: list[RerankingResult] = field(default_factory=list)
     mteb: dict[str, Any] = field(default_factory=dict)
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +93,8 @@ def run_suite(
     sts: dict[str, str] | None = None,
     classification: dict[str, str] | None = None,
     clustering: dict[str, str] | None = None,
+    retrieval: dict[str, str] | None = None,
+    reranking: dict[str, str] | None = None,
     *,
     classifiers: Sequence[str] = ("logreg",),
     sts_split: str = "test",
@@ -99,12 +108,18 @@ def run_suite(
     batch_size: int = 64,
     precision: str = "float32",
     instruction: str | None = None,
+    retrieval_split: str = "test",
+    retrieval_ks: Sequence[int] = DEFAULT_KS,
+    query_instruction: str | None = None,
+    search_backend: str = "exact",
     cache: EncodeCache | None = None,
 ) -> SuiteResults:
-    """Run the STS, classification and clustering evaluators on one encoder with a shared embedding cache.
+    """Run the STS, classification, clustering, retrieval and reranking evaluators on one encoder with a shared
+    embedding cache.
 
     ``encoder`` is a lightembed module or any object with ``encode(texts)``; each ``dict`` maps set names to sources
-    (None or empty: skip that evaluator). Options are those of the evaluators.
+    (None or empty: skip that evaluator). Options are those of the evaluators; ``query_instruction`` goes to the
+    queries of retrieval and reranking sets only.
     """
     cache = cache or EncodeCache(encoder, batch_size=batch_size, precision=precision, instruction=instruction)
     before_n, before_s = cache.encoded, cache.seconds
@@ -113,6 +128,8 @@ def run_suite(
             "sts": dict(sts or {}),
             "classification": dict(classification or {}),
             "clustering": dict(clustering or {}),
+            "retrieval": dict(retrieval or {}),
+            "reranking": dict(reranking or {}),
         },
         settings={
             "classifiers": list(classifiers),
@@ -127,6 +144,16 @@ def run_suite(
             "precision": precision,
             "instruction": instruction,
             "data_root": data_root,
+            **(
+                {
+                    "retrieval_split": retrieval_split,
+                    "retrieval_ks": list(retrieval_ks),
+                    "query_instruction": query_instruction,
+                    "search_backend": search_backend,
+                }
+                if retrieval or reranking
+                else {}
+            ),
         },
     )
     if sts:
@@ -145,6 +172,25 @@ def run_suite(
     if clustering:
         results.clustering = evaluate_clustering(
             cache, clustering, split=clustering_split, data_root=data_root, n_clusters=n_clusters, seed=seed
+        )
+    if retrieval:
+        tasks = [load_retrieval(name, source, retrieval_split, data_root) for name, source in retrieval.items()]
+        results.retrieval = evaluate_retrieval(
+            cache,
+            tasks,
+            ks=retrieval_ks,
+            backend=search_backend,
+            query_instruction=query_instruction,  # type: ignore[arg-type]
+        )
+    if reranking:
+        sets = {name: load_reranking(source, retrieval_split, data_root) for name, source in reranking.items()}
+        results.reranking = evaluate_reranking(
+            cache,
+            sets,
+            query_instruction=query_instruction,
+            batch_size=batch_size,
+            precision=precision,
+            sources=reranking,
         )
     results.encoded = cache.encoded - before_n
     results.encode_seconds = cache.seconds - before_s
@@ -178,6 +224,10 @@ def data_fingerprints(results: SuiteResults, data_root: str | None = None) -> di
         out[f"classification/{name}"] = _fingerprint(source, ["train", "validation", "test"], data_root)
     for name, source in results.sources.get("clustering", {}).items():
         out[f"clustering/{name}"] = _fingerprint(source, [clustering_split], data_root)
+    retrieval_split = results.settings.get("retrieval_split", "test")
+    for task in ("retrieval", "reranking"):
+        for name, source in results.sources.get(task, {}).items():
+            out[f"{task}/{name}"] = _fingerprint(source, [retrieval_split], data_root)
     return out
 
 
@@ -244,6 +294,16 @@ def build_report(
     for r in results.clustering:
         clustering[r.name] = r.to_dict()
         row("clustering", r.name, "v_measure", r.v_measure)
+    retrieval = {}
+    for r in results.retrieval:
+        retrieval[r.name] = r.to_dict()
+        for metric, value in r.metrics.items():
+            row("retrieval", r.name, metric, value)
+    reranking = {}
+    for r in results.reranking:
+        reranking[r.name] = r.to_dict()
+        for metric in ("map", f"mrr@{r.at_k}", f"ndcg@{r.at_k}"):
+            row("reranking", r.name, metric, reranking[r.name][metric])
     for task, value in results.mteb.items():
         scores.append({"task": "mteb", "set": task, "metric": "main_score", "value": value, **provenance})
     per_s = results.encoded / results.encode_seconds if results.encode_seconds > 0 else None
@@ -256,6 +316,8 @@ def build_report(
         "sts": sts,
         "classification": classification,
         "clustering": clustering,
+        "retrieval": retrieval,
+        "reranking": reranking,
         "mteb": dict(results.mteb),
         "encode": {"texts": results.encoded, "seconds": round(results.encode_seconds, 3), "per_s": per_s},
         "scores": scores,
@@ -263,7 +325,7 @@ def build_report(
 
 
 def format_report(results: SuiteResults, header: str | None = None) -> str:
-    """Markdown tables (STS, classification, clustering, MTEB) for stdout."""
+    """Markdown tables (STS, classification, clustering, retrieval, reranking, MTEB) for stdout."""
     parts = [header] if header else []
     if results.sts:
         parts += ["### STS (cosine, x100)", format_table(results.sts)]
@@ -271,6 +333,10 @@ def format_report(results: SuiteResults, header: str | None = None) -> str:
         parts += ["### Classification (accuracy, x100)", format_classification_table(results.classification)]
     if results.clustering:
         parts += ["### Clustering (KMeans, x100)", format_clustering_table(results.clustering)]
+    if results.retrieval:
+        parts += ["### Retrieval (x100)", format_retrieval_table(results.retrieval)]
+    if results.reranking:
+        parts += ["### Reranking (x100)", format_reranking_table(results.reranking)]
     if results.mteb:
         lines = ["| task | main score |", "|---|---:|"]
         lines += [f"| {task} | {value} |" for task, value in results.mteb.items()]

@@ -101,7 +101,7 @@ def exact_top_k(
         queries: ``(Q, H)`` embeddings.
         corpus: ``(C, H)`` embeddings (float32 rows are used in place: no copy of the corpus is made).
         k: hits per query (at most ``C``).
-        score: ``"cosine"`` (rows normalised chunk by chunk) or ``"dot"``.
+        score: ``"cosine"`` (scores divided by the norms) or ``"dot"``.
         query_chunk, corpus_chunk: rows per matrix product; memory is ``query_chunk x corpus_chunk`` scores.
 
     Returns:
@@ -113,6 +113,13 @@ def exact_top_k(
     corpus = torch.as_tensor(corpus)
     n_queries, n_corpus = query.shape[0], corpus.shape[0]
     k = min(k, n_corpus)
+    # cosine: scale each score by 1/|document| instead of normalising a copy of every corpus chunk per query chunk
+    inverse_norms = None
+    if score == "cosine":
+        inverse_norms = torch.empty(n_corpus)  # (C,)
+        for c0 in range(0, n_corpus, corpus_chunk):
+            norms = corpus[c0 : c0 + corpus_chunk].float().norm(dim=1)  # (c,)
+            inverse_norms[c0 : c0 + corpus_chunk] = 1.0 / norms.clamp_min(1e-12)
     values = torch.empty((n_queries, k))  # (Q, k)
     indices = torch.empty((n_queries, k), dtype=torch.int64)  # (Q, k)
     for q0 in range(0, n_queries, query_chunk):
@@ -120,8 +127,9 @@ def exact_top_k(
         best_v = torch.empty((q.shape[0], 0))  # (q, 0): grows to (q, k)
         best_i = torch.empty((q.shape[0], 0), dtype=torch.int64)
         for c0 in range(0, n_corpus, corpus_chunk):
-            keys = _prepare(corpus[c0 : c0 + corpus_chunk], score)  # (c, H)
-            sims = q @ keys.T  # (q, c)
+            sims = q @ corpus[c0 : c0 + corpus_chunk].float().T  # (q, c)
+            if inverse_norms is not None:
+                sims *= inverse_norms[c0 : c0 + corpus_chunk]  # (q, c) cosine
             top_v, top_i = sims.topk(min(k, sims.shape[1]), dim=1)  # (q, k')
             merged_v = torch.cat([best_v, top_v], dim=1)  # (q, k + k')
             merged_i = torch.cat([best_i, top_i + c0], dim=1)  # (q, k + k')

@@ -65,9 +65,14 @@ def load_beir(name: str, source: str, split: str = "test", data_root: str | None
         if not qrels.is_file():
             found = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
             raise FileNotFoundError(f"{folder}: no qrels/{split}.tsv (splits found: {found}); choose one with --split")
-        corpus = load_source(
-            str(folder / "corpus.jsonl"), ["_id", "title", "text"], data_root=None, text_columns=["text"]
-        )
+        try:
+            corpus = load_source(
+                str(folder / "corpus.jsonl"), ["_id", "title", "text"], data_root=None, text_columns=["text"]
+            )
+        except ValueError as err:  # the title column is optional
+            if "missing column(s) ['title']" not in str(err):
+                raise
+            corpus = load_source(str(folder / "corpus.jsonl"), ["_id", "text"], data_root=None)
         queries = load_source(str(folder / "queries.jsonl"), ["_id", "text"], data_root=None)
         relevant = _read_qrels(qrels)
     else:  # a Hub id: never reached in tests (no network)
