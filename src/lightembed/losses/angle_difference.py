@@ -6,10 +6,11 @@ in-batch and angle terms, is :class:`~lightembed.losses.angle_objective.AnglEObj
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightembed.losses._common import check_positive, to_float
 from lightembed.losses._pairs import scored_pairs
+from lightembed.losses.base import EmbeddingLoss
 from lightembed.losses.cosent import ranking_loss
 
 
@@ -45,7 +46,7 @@ def angle_scores(left: Tensor, right: Tensor) -> Tensor:
     return (real + imag).abs()  # (M,)
 
 
-class AngleDifferenceLoss(nn.Module):
+class AngleDifferenceLoss(EmbeddingLoss):
     """The angle objective of AnglE ("AnglE-optimized Text Embeddings", Xianming Li and Jing Li, 2023, arXiv
     2309.12871); sentence-transformers' ``AnglELoss``.
 

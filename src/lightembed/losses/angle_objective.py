@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightembed.losses._common import check_positive
 from lightembed.losses.angle_difference import AngleDifferenceLoss
+from lightembed.losses.base import EmbeddingLoss
 from lightembed.losses.cosent import CoSENTLoss
 from lightembed.losses.in_batch import InBatchNegativesLoss
 
 
-class AnglEObjectiveLoss(nn.Module):
+class AnglEObjectiveLoss(EmbeddingLoss):
     """AnglE's training objective ("AnglE-optimized Text Embeddings", Xianming Li and Jing Li, 2023, arXiv
     2309.12871)::
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightembed.losses._common import check_positive, to_float
 from lightembed.losses._pairs import scored_pairs
+from lightembed.losses.base import EmbeddingLoss
 
 
 def ranking_loss(scores: Tensor, labels: Tensor, temperature: float) -> Tensor:
@@ -31,7 +32,7 @@ def ranking_loss(scores: Tensor, labels: Tensor, temperature: float) -> Tensor:
     return torch.logsumexp(torch.cat([zero, diff.flatten()]), dim=0)  # scalar
 
 
-class CoSENTLoss(nn.Module):
+class CoSENTLoss(EmbeddingLoss):
     """CoSENT ("CoSENT (1): a more effective sentence vector scheme than Sentence-BERT", Jianlin Su, 2022, blog post
     https://kexue.fm/archives/8847), the cosine objective of AnglE ("AnglE-optimized Text Embeddings", Xianming Li
     and Jing Li, 2023, arXiv 2309.12871).

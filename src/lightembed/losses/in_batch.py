@@ -6,9 +6,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightembed.losses._common import check_embeddings, check_labels, check_positive, to_float
+from lightembed.losses.base import EmbeddingLoss
 
 DUPLICATE_MODES = ("positive", "ignore")
 CANDIDATE_MODES = ("positives", "all")
@@ -105,7 +106,7 @@ def all_texts_duplicate_mask(ids: Tensor, known: Tensor, partner: Tensor, num_qu
     return dup
 
 
-class InBatchNegativesLoss(nn.Module):
+class InBatchNegativesLoss(EmbeddingLoss):
     """InfoNCE with in-batch negatives ("Representation Learning with Contrastive Predictive Coding", Aaron van den
     Oord, Yazhe Li and Oriol Vinyals, 2018; the MultipleNegativesRanking loss of "Efficient Natural Language Response
     Suggestion for Smart Reply", Matthew Henderson et al., 2017).

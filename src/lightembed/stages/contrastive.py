@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Literal
 
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightembed import distributed
 from lightembed.data.batches import PairBatch
 from lightembed.encoder import EncoderSettings
 from lightembed.losses import AnglEObjectiveLoss
+from lightembed.losses.base import EmbeddingLoss
 from lightembed.stages.base import EmbeddingModule
 from lightembed.stages.batch_embedding import batch_embedding
 from lightembed.stages.optim import default_optimizer
@@ -49,7 +50,7 @@ class ContrastiveModule(EmbeddingModule):
     def __init__(
         self,
         encoder: EncoderSettings,
-        loss: nn.Module | None = None,
+        loss: EmbeddingLoss | None = None,
         micro_batch_size: int | None = None,
         gather_across_devices: bool = False,
         length_chunking: float | None = None,

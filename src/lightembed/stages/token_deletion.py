@@ -24,6 +24,7 @@ from lightembed.backbones import resolve_model_path
 from lightembed.data.batches import Features, SentenceBatch
 from lightembed.encoder import MODEL_INPUTS, EncoderSettings
 from lightembed.losses import InBatchNegativesLoss
+from lightembed.losses.base import EmbeddingLoss
 from lightembed.pooling import pool
 from lightembed.stages._deletion_attention import KEEP_KWARG, check_config, use_soft_deletion
 from lightembed.stages.base import EmbeddingModule
@@ -191,7 +192,7 @@ class TokenDeletionModule(EmbeddingModule):
     def __init__(
         self,
         encoder: EncoderSettings,
-        loss: nn.Module | None = None,
+        loss: EmbeddingLoss | None = None,
         proxy: ProxySettings | None = None,
         target_deletion_rate: float = 0.1,
         deletion_weight: float = 1.0,
