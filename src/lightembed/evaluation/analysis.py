@@ -34,8 +34,14 @@ from lightembed.evaluation.prefix_triples import PREFIX_TRIPLES
 TRIPLE_FIELDS = ("prefix", "query", "positive", "negative")
 
 
-def load_decoder(model: str | Encoder | PreTrainedModel, tokenizer: Any = None) -> tuple[PreTrainedModel, Any]:
-    """``(backbone, tokenizer)`` of a decoder given by name, lightembed module, or transformers model + tokenizer."""
+def load_decoder(
+    model: str | Encoder | PreTrainedModel, tokenizer: Any = None, device: str | torch.device | None = None
+) -> tuple[PreTrainedModel, Any]:
+    """``(backbone, tokenizer)`` of a decoder given by name, lightembed module, or transformers model + tokenizer.
+
+    ``device`` (``"cuda"``, ``"cuda:1"``, ``"cpu"``) moves the backbone there; ``None`` leaves it where it is (a name is
+    loaded on the CPU). Hidden states come back on the CPU either way.
+    """
     if isinstance(model, str):
         backbone, tokenizer = load_backbone(model), load_tokenizer(model)
     elif isinstance(model, Encoder):
@@ -52,6 +58,8 @@ def load_decoder(model: str | Encoder | PreTrainedModel, tokenizer: Any = None) 
             f"model {name!r} is an encoder ({config.model_type}): its attention is bidirectional already, so "
             "the causal/bidirectional analyses need a decoder (Llama, Mistral, Qwen, Gemma)"
         )
+    if device is not None:
+        backbone = backbone.to(device)
     return backbone.eval(), tokenizer
 
 
@@ -116,6 +124,7 @@ def layer_similarity(
     tokenizer: Any = None,
     batch_size: int = 16,
     max_length: int = 128,
+    device: str | torch.device | None = None,
 ) -> LayerSimilarity:
     """Cosine similarity between causal and bidirectional hidden states of a decoder, per layer (module docstring)."""
     texts = list(texts)
@@ -124,7 +133,7 @@ def layer_similarity(
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"layer_similarity: text #{i} is empty or not a string: {text!r}")
-    backbone, tokenizer = load_decoder(model, tokenizer)
+    backbone, tokenizer = load_decoder(model, tokenizer, device)
     sums: Tensor | None = None
     squares: Tensor | None = None
     count = 0
@@ -221,6 +230,7 @@ def prefix_test(
     batch_size: int = 16,
     max_length: int = 128,
     tolerance: float = 1e-5,
+    device: str | torch.device | None = None,
 ) -> PrefixTestResult:
     """The shared-prefix test under causal and bidirectional attention (module docstring).
 
@@ -228,11 +238,12 @@ def prefix_test(
         triples: list of dicts, a ``.jsonl`` file, or None for the shipped triples.
         pooling: ``mean`` over the prefix tokens or ``last`` prefix token.
         tolerance: ``|cos(q, s+) - cos(q, s-)| <= tolerance`` counts as a tie (not correct).
+        device: where the model runs (``None``: where it is; a name loads on the CPU).
     """
     if pooling not in ("mean", "last"):
         raise ValueError(f"unknown prefix pooling {pooling!r} (option `pooling`); choose mean or last")
     rows = load_triples(triples)
-    backbone, tokenizer = load_decoder(model, tokenizer)
+    backbone, tokenizer = load_decoder(model, tokenizer, device)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("the prefix test needs a fast tokenizer (character offsets locate the prefix's tokens)")
     texts, prefix_lengths = [], []
