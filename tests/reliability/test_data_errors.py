@@ -144,3 +144,16 @@ def test_skipping_every_row_is_an_error_naming_the_file_not_an_empty_sampler(tmp
     train = _write(tmp_path / "train.jsonl", [json.dumps({"sentence1": "", "sentence2": "b", "score": 1})] * 3)
     with pytest.raises(ValueError, match=r"train.jsonl: every one of its 3 rows is bad .*nothing to read; fix"):
         PairDataModule(train=str(train), tokenizer="unused", on_bad_row="skip").setup("fit")
+
+
+def test_a_bad_nli_label_is_named_by_its_file_line_also_after_a_where_filter(tmp_path):
+    from lightembed.data.pair_sources import load_pairs
+
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": label, "genre": genre}
+            for i, (label, genre) in enumerate([(0, "a"), (2, "b"), (1, "a"), (7, "a")])]  # fmt: skip
+    path = _write(tmp_path / "nli.jsonl", [json.dumps(r) for r in rows[:2]] + [""] + [json.dumps(r) for r in rows[2:]])
+    with pytest.raises(ValueError, match=r"bad NLI label 7 in column 'label' at line 5 of .*nli.jsonl"):
+        PairDataModule(train=str(path), train_format="nli_triplets", tokenizer="unused").setup("fit")
+    spec = {"source": str(path), "format": "nli_entailment_pairs", "where": {"genre": "a"}}
+    with pytest.raises(ValueError, match=r"bad NLI label 7 in column 'label' at line 5 of .*nli.jsonl"):
+        load_pairs(spec)

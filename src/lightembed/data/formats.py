@@ -30,7 +30,7 @@ the new name (:func:`format_named`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -193,14 +193,16 @@ def convert(
     fmt: RowFormat,
     on_bad_row: OnBadRow = "error",
     nli_scores: Mapping[str, float] | None = None,
+    locate: Callable[[int], str] | None = None,
 ) -> datasets.Dataset:
-    """Rows with the fields of ``fmt`` (after :func:`to_fields`) converted to training rows (in memory)."""
+    """Rows with the fields of ``fmt`` (after :func:`to_fields`) converted to training rows (in memory);
+    ``locate(row)`` says where a row with a bad NLI label is in the source (``line L of FILE``)."""
     if fmt.conversion == "nli_triplets":
-        return nli_to_triplets(ds, on_bad_row=on_bad_row)
+        return nli_to_triplets(ds, on_bad_row=on_bad_row, locate=locate)
     if fmt.conversion == "nli_scored_pairs":
-        return nli_to_pairs(ds, check_nli_scores(nli_scores), on_bad_row=on_bad_row)
+        return nli_to_pairs(ds, check_nli_scores(nli_scores), on_bad_row=on_bad_row, locate=locate)
     if fmt.conversion == "nli_entailment_pairs":
-        return nli_to_pairs(ds, {"entailment": 1.0}, on_bad_row=on_bad_row).remove_columns("score")
+        return nli_to_pairs(ds, {"entailment": 1.0}, on_bad_row=on_bad_row, locate=locate).remove_columns("score")
     return ds
 
 

@@ -14,7 +14,7 @@ label with ``-1``: that, a null or any other value is a bad row (an error, or dr
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import datasets
@@ -60,13 +60,16 @@ def bad_label_message(value: object, label: str, where: str, count: int | None =
 
 
 def nli_label_ids(
-    ds: datasets.Dataset, label: str = "label", on_bad_row: Literal["error", "skip"] = "error"
+    ds: datasets.Dataset,
+    label: str = "label",
+    on_bad_row: Literal["error", "skip"] = "error",
+    locate: Callable[[int], str] | None = None,
 ) -> np.ndarray:
     """The label column of ``ds`` as int64 ids 0/1/2 (HF order), with -1 where a row is bad and skipped.
 
     Raises:
         ValueError: with ``on_bad_row="error"``, for the first row whose label is -1, null or unknown, naming the
-            label and the 0-based row.
+            label and where the row is: ``locate(row)`` (e.g. ``line L of FILE``), else the 0-based row.
     """
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
@@ -93,18 +96,24 @@ def nli_label_ids(
     if bad.any():
         if on_bad_row == "error":
             row = int(np.flatnonzero(bad)[0])
-            raise ValueError(bad_label_message(column[row].as_py(), label, f"row {row} (0-based)", int(bad.sum())))
+            where = locate(row) if locate is not None else f"row {row} (0-based)"
+            raise ValueError(bad_label_message(column[row].as_py(), label, where, int(bad.sum())))
         log.warning("skipped %d of %d NLI rows with a missing or unknown label", int(bad.sum()), len(ids))
     return ids
 
 
 def _frame(
-    ds: datasets.Dataset, premise: str, hypothesis: str, label: str, on_bad_row: Literal["error", "skip"]
+    ds: datasets.Dataset,
+    premise: str,
+    hypothesis: str,
+    label: str,
+    on_bad_row: Literal["error", "skip"],
+    locate: Callable[[int], str] | None = None,
 ) -> pd.DataFrame:
     missing = [c for c in (premise, hypothesis, label) if c not in ds.column_names]
     if missing:
         raise ValueError(f"NLI data is missing column(s) {missing}; found columns {ds.column_names}")
-    ids = nli_label_ids(ds, label, on_bad_row)
+    ids = nli_label_ids(ds, label, on_bad_row, locate)
     frame = ds.select_columns([premise, hypothesis]).to_pandas()
     frame.columns = ["premise", "hypothesis"]
     frame["label"] = ids
@@ -118,6 +127,7 @@ def nli_to_triplets(
     hypothesis: str = "hypothesis",
     label: str = "label",
     on_bad_row: Literal["error", "skip"] = "error",
+    locate: Callable[[int], str] | None = None,
 ) -> datasets.Dataset:
     """Triplets ``(anchor, positive, negative)`` = (premise, entailed hypothesis, contradicting hypothesis).
 
@@ -128,7 +138,7 @@ def nli_to_triplets(
     Returns:
         A :class:`datasets.Dataset` with string columns ``anchor``, ``positive``, ``negative``.
     """
-    frame = _frame(ds, premise, hypothesis, label, on_bad_row)
+    frame = _frame(ds, premise, hypothesis, label, on_bad_row, locate)
     frame["group"] = pd.factorize(frame["premise"], sort=False)[0]  # premise ids in order of first appearance
     positives = frame.loc[frame["label"] == ENTAILMENT, ["group", "premise", "hypothesis", "row"]]
     negatives = frame.loc[frame["label"] == CONTRADICTION, ["group", "hypothesis", "row"]]
@@ -151,6 +161,7 @@ def nli_to_pairs(
     hypothesis: str = "hypothesis",
     label: str = "label",
     on_bad_row: Literal["error", "skip"] = "error",
+    locate: Callable[[int], str] | None = None,
 ) -> datasets.Dataset:
     """Scored pairs ``(anchor, positive, score)`` = (premise, hypothesis, ``scores[label name]``), in row order.
 
@@ -165,7 +176,7 @@ def nli_to_pairs(
     unknown = sorted(set(scores) - set(NLI_LABELS))
     if unknown:
         raise ValueError(f"scores has unknown label name(s) {unknown}; known labels are {list(NLI_LABELS)}")
-    frame = _frame(ds, premise, hypothesis, label, on_bad_row)
+    frame = _frame(ds, premise, hypothesis, label, on_bad_row, locate)
     table = np.array([scores.get(name, np.nan) for name in NLI_LABELS], dtype=np.float32)
     values = table[frame["label"].to_numpy()]
     keep = ~np.isnan(values)

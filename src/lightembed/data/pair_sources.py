@@ -28,7 +28,7 @@ from lightembed.data.formats import (
     to_fields,
 )
 from lightembed.data.nli import bad_label_message
-from lightembed.data.sources import OnBadRow, load_source, stream_source
+from lightembed.data.sources import OnBadRow, load_source, row_locator, stream_source
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +179,12 @@ def load_pairs(
         scores = np.asarray(ds.with_format("arrow")[spec.score_column].to_numpy(), dtype=np.float64)
         keep &= scores >= spec.min_score
         steps.append(f"{spec.score_column} >= {spec.min_score}")
+    kept = np.flatnonzero(keep)  # row of the filtered rows -> row of the source
     if not keep.all():
-        ds = ds.select(np.flatnonzero(keep))
+        ds = ds.select(kept)
+    source_row = row_locator(spec.source, spec.split, data_root)
     try:
-        ds = convert(to_fields(ds, mapping), fmt, on_bad_row)
+        ds = convert(to_fields(ds, mapping), fmt, on_bad_row, locate=lambda row: source_row(int(kept[row])))
     except ValueError as err:
         raise ValueError(f"{label}: {err}") from err
     if fmt.conversion == "nli_triplets":

@@ -24,7 +24,7 @@ from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import TEXT_FIELDS, PairCollator
 from lightembed.data.formats import FORMATS, STS_SCORE_RANGE, checked_columns, convert, format_named, to_fields
 from lightembed.data.samplers import EpochRandomSampler, LengthGroupedBatchSampler
-from lightembed.data.sources import load_source
+from lightembed.data.sources import load_source, row_locator
 from lightembed.data.sts_sets import STSSets
 
 TrainFormat = Literal[
@@ -177,7 +177,8 @@ class PairDataModule(LightningDataModule):
                 score_range=self.score_range,
                 on_bad_row=self.on_bad_row,
             )
-            ds = convert(to_fields(ds, self.columns), self.row_format, self.on_bad_row, self.nli_scores)
+            locate = row_locator(self.train_source, self.train_split, self.data_root)
+            ds = convert(to_fields(ds, self.columns), self.row_format, self.on_bad_row, self.nli_scores, locate)
         except (ValueError, FileNotFoundError) as err:
             err.add_note(f"while loading the training data: train={self.train_source!r}, columns={self.columns}")
             raise

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -218,6 +218,13 @@ def _read_hub(resolved: ResolvedSource, split: str, streaming: bool) -> datasets
             f"for local data set the data_root option or ${DATA_ROOT_ENV}"
         )
         raise
+
+
+def row_locator(source: str, split: str = "train", data_root: str | None = None) -> Callable[[int], str]:
+    """``row -> where``: where row ``row`` (0-based) of :func:`load_source`'s result is, for messages raised after
+    loading (a bad NLI label); error path only."""
+    resolved = resolve_source(source, split, data_root)
+    return lambda row: _row_location(resolved, row, split)
 
 
 def _row_location(resolved: ResolvedSource, row: int, split: str) -> str:
