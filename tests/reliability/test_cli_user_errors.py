@@ -126,3 +126,23 @@ def test_the_command_prints_one_line_last_and_exits_non_zero(tmp_path, sts_file)
     assert "Traceback" not in done.stderr and "Failed to load" not in done.stderr and "warn" not in done.stderr.lower()
     assert done.stderr.strip().splitlines()[-1].startswith("lightembed fit: error: model path")
     assert done.stdout.strip() == "" or "error" not in done.stdout.lower()
+
+
+@pytest.mark.parametrize("model", ["no-such-org/all-MiniLM-L6-v3", "./models/no-such-folder"])
+def test_pipeline_model_typo_is_one_line_naming_the_model(model, sts_file, tmp_path, monkeypatch, capsys):
+    import yaml
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    stage = {
+        "name": "s1",
+        "configs": [str(ROOT / "configs" / name) for name in CONFIGS],
+        "args": [f"--data.init_args.train={sts_file}", "--data.init_args.val=" + json.dumps({"t": str(sts_file)})],
+    }
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text(yaml.safe_dump({"name": "typo", "model": model, "seed": 0, "stages": [stage]}))
+    status = main(["pipeline", str(spec), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 1 and "Traceback" not in err and "Does not validate" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lightembed pipeline: error: ") and model.removeprefix("./") in last
