@@ -60,8 +60,9 @@ def scan_text_file(path: Path, builder: str) -> TextFileScan:
     content, valid = 0, True
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
-            if content < needed:  # only the first chunks need looking at line by line
-                content += sum(1 for line in chunk.split(b"\n") if line.strip())
+            lines = iter(chunk.split(b"\n"))
+            while content < needed and (line := next(lines, None)) is not None:  # only until a data row is met
+                content += bool(line.strip())
             if valid:
                 try:
                     decoder.decode(chunk)
