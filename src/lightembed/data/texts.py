@@ -7,33 +7,17 @@ writer (:class:`lightembed.callbacks.PredictionWriter`) puts the embeddings back
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from typing import Any
 
 import datasets
 import torch
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import PairCollator
 from lightembed.data.sources import OnBadRow, load_source
-
-
-class _LengthSortedBatches(Sampler[list[int]]):
-    """Batches of row indices, longest texts first, so each batch pads little (the writer restores source order)."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int) -> None:
-        self.order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        self.batch_size = batch_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for start in range(0, len(self.order), self.batch_size):
-            yield self.order[start : start + self.batch_size]
-
-    def __len__(self) -> int:
-        return -(-len(self.order) // self.batch_size)
 
 
 class TextDataModule(LightningDataModule):
@@ -121,7 +105,7 @@ class TextDataModule(LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         self.setup()
-        texts = self.dataset[self.text_column]
+        texts = list(self.dataset[self.text_column])  # a list: indexing a datasets Column decodes Arrow each time
         collator = PairCollator(self.tokenizer, self.max_length)
 
         def collate(indices: list[int]) -> dict[str, Any]:
@@ -130,9 +114,6 @@ class TextDataModule(LightningDataModule):
                 "row": torch.tensor(indices),  # (B,) positions in the source
             }
 
-        return DataLoader(
-            list(range(len(texts))),
-            batch_sampler=_LengthSortedBatches([len(t) for t in texts], self.batch_size),
-            collate_fn=collate,
-            num_workers=self.num_workers,
-        )
+        # rows longest first, so each batch pads little; the writer puts the embeddings back in source order
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        return DataLoader(order, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers)
