@@ -254,7 +254,8 @@ def load_sts(
     scores = ds.with_format("numpy")["score"]
     if len(scores) < 2 or bool((scores == scores[0]).all()):
         where = resolve_source(source, split, data_root).describe()
-        what = f"only {len(scores)} pair(s)" if len(scores) < 2 else f"every score is {float(scores[0]):g}"
+        same = f"the same score ({float(scores[0]):g}) on every pair" if len(scores) else ""
+        what = f"only {len(scores)} pair(s)" if len(scores) < 2 else same
         raise ValueError(
             f"STS set {where} has {what}, so the Spearman correlation is undefined: use a set with at least 2 "
             "pairs and varied gold scores"
