@@ -10,6 +10,9 @@ import json
 import os
 from pathlib import Path
 
+# Lightning configures its loggers on first import; `lightembed.cli` no longer imports it, so import it here before any
+# test captures output (a first import under `capsys` logs to a closed stream: "--- Logging error ---").
+import lightning.pytorch  # noqa: F401
 import pytest
 import torch
 

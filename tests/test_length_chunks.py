@@ -150,7 +150,7 @@ def test_sharded_strategies_refuse_length_chunking_on_several_processes(tiny_ber
     """Under FSDP each forward pass is a collective, so ranks must make as many; under DDP the count is free."""
     module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir)), length_chunking=160)
     module._trainer = SimpleNamespace(
-        accelerator=None, precision="32-true", accumulate_grad_batches=1, strategy=strategy, world_size=2
+        accelerator=None, precision="32-true", accumulate_grad_batches=1, strategy=strategy, world_size=2, optimizers=[]
     )
     if isinstance(strategy, DDPStrategy):
         module.on_fit_start()

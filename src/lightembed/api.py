@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from lightembed.encoder import Encoder
@@ -20,9 +21,10 @@ def load_encoder(
     pooling: str | None = None,
     normalize: bool | None = None,
     max_length: int | None = None,
+    device: str | torch.device | None = None,
 ) -> Encoder:
     """:meth:`Encoder.from_pretrained`: a Hub id, a local folder, a ``packaged:`` name or a stage's ``.ckpt``."""
-    return Encoder.from_pretrained(model, pooling=pooling, normalize=normalize, max_length=max_length)
+    return Encoder.from_pretrained(model, pooling=pooling, normalize=normalize, max_length=max_length, device=device)
 
 
 def encode(model: str | Encoder, texts: Sequence[str], batch_size: int = 64) -> Tensor:

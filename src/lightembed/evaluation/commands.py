@@ -164,7 +164,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     retrieval = parse_named_sources(ns.retrieval, what="retrieval", default_name=_set_name)
     reranking = parse_named_sources(ns.reranking, what="reranking", default_name=_set_name)
 
-    encoder = load_encoder(ns.model, pooling=ns.pooling, max_length=ns.max_length).to(ns.device)
+    encoder = load_encoder(ns.model, pooling=ns.pooling, max_length=ns.max_length, device=ns.device)
     results = run_suite(
         encoder,
         sts=sts,
@@ -241,6 +241,7 @@ def analyze_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-length", type=int, default=128)
         p.add_argument("--json", default=None, metavar="PATH", help="write the numbers as JSON here")
         p.add_argument("--plot", default=None, metavar="PNG", help="write the picture here")
+        p.add_argument("--device", default="cpu", help="torch device the model runs on, e.g. cuda or cuda:1")
     return parser
 
 
@@ -266,14 +267,21 @@ def analyze_main(argv: Sequence[str]) -> dict:
         else:
             rows = analysis.load_triples()
             texts = [f"{r['prefix']} {r[k]}" for r in rows for k in ("query", "positive", "negative")][: ns.limit]
-        result = analysis.layer_similarity(ns.model, texts, batch_size=ns.batch_size, max_length=ns.max_length)
+        result = analysis.layer_similarity(
+            ns.model, texts, batch_size=ns.batch_size, max_length=ns.max_length, device=ns.device
+        )
         print(analysis.format_layer_similarity(result))
         out = {"model": ns.model, **result.to_dict()}
         if ns.plot:
             plots.plot_layer_similarity({ns.model: result}, ns.plot)
     elif ns.analysis == "prefix":
         result = analysis.prefix_test(
-            ns.model, ns.triples, pooling=ns.pooling, batch_size=ns.batch_size, max_length=ns.max_length
+            ns.model,
+            ns.triples,
+            pooling=ns.pooling,
+            batch_size=ns.batch_size,
+            max_length=ns.max_length,
+            device=ns.device,
         )
         print(analysis.format_prefix_test(result))
         out = {"model": ns.model, **result.to_dict()}
@@ -308,7 +316,7 @@ def _pca(ns: argparse.Namespace, plots: Any) -> dict:
         title, sep, model = spec.partition("=")
         if not sep:
             title, model = spec, spec
-        encoder = load_encoder(model, max_length=ns.max_length)
+        encoder = load_encoder(model, max_length=ns.max_length, device=ns.device)
         panels[title] = encoder.encode(texts, batch_size=ns.batch_size).numpy()
     scores = plots.plot_class_separation(panels, labels, ns.plot, title=ns.title or ns.source, seed=ns.seed)
     print("| model | silhouette (cosine) |\n|---|---:|")

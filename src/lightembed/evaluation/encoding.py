@@ -88,8 +88,8 @@ class EncodeCache:
         """``N`` texts -> ``(N, H)`` float32 array in input order; only texts not seen before reach the encoder."""
         texts = list(sentences)
         for i, text in enumerate(texts):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"encode: text #{i} is empty or not a string: {text!r}")
+            if not isinstance(text, str):  # empty strings are embedded, as sentence-transformers does
+                raise ValueError(f"encode: text #{i} is not a string: {text!r}")
         new = [t for t in dict.fromkeys(texts) if t not in self._store]
         if new:
             for text, vector in zip(new, self._encode_new(new), strict=True):

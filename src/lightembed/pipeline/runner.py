@@ -10,7 +10,6 @@ import gc
 import json
 import shlex
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from lightembed.pipeline.lock import output_lock
 from lightembed.pipeline.manifest import Manifest, export_complete, export_problems, fingerprint_data, now
 from lightembed.pipeline.spec import INIT_FROM, PipelineError, PipelineSpec, StageSpec, load_pipeline
 from lightembed.provenance import git_commit
+from lightembed.user_errors import describe_user_error, is_parser_error
 
 RESUME_DIR = "resume"
 """Sub-folder of a stage's run folder holding the epoch-end ``last.ckpt``."""
@@ -203,15 +203,12 @@ def _say(message: str) -> None:
 def _run_stage(argv: list[str], stage: str) -> Any:
     """``lightembed fit`` in this process; returns the LightningCLI (its trainer holds steps and metrics)."""
     try:
-        with warnings.catch_warnings():
-            # under `lightembed pipeline`, sys.argv holds the pipeline command; it must stay (DDP relaunches it)
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            return build_cli(argv)
-    except SystemExit as err:
-        if err.code != 2:  # 2: the parser rejected the arguments; 1: Lightning after Ctrl-C
+        return build_cli(argv, exit_on_error=False)
+    except Exception as err:
+        if not is_parser_error(err):
             raise
         raise PipelineError(
-            f"stage {stage!r}: LightningCLI rejected the stage's configs/args (its message is above). Besides them the "
+            f"stage {stage!r}: its configs/args were rejected: {describe_user_error(err)}. Besides them the "
             f"pipeline passes --{BACKBONE_OPTION}, --trainer.default_root_dir, "
             "--trainer.logger.init_args.{save_dir,name,version} and a ResumeCheckpoint callback, so the trainer "
             "config needs a logger with save_dir, name and version (TensorBoardLogger or CSVLogger, as in "

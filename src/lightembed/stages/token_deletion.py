@@ -377,7 +377,7 @@ class TokenDeletionModule(EmbeddingModule):
             return "proxy" in parts and "backbone" not in parts
 
         encoder = decay_groups((n, p) for n, p in named if not is_proxy(n))
-        proxy = decay_groups(((n, p) for n, p in named if is_proxy(n)), lr=self.proxy_settings.lr)
+        proxy = decay_groups(((n, p) for n, p in named if is_proxy(n)), lr=self.proxy_settings.lr, prefix="proxy/")
         return [group for group in encoder + proxy if group["params"]]
 
     @property
