@@ -1,5 +1,7 @@
 """Backbone loading: packaged names, local folders, clear errors, the bidirectional switch."""
 
+import shutil
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaModel
@@ -114,3 +116,27 @@ def test_every_registered_family_loads_runs_and_takes_the_dropout_option(model_t
 
 def test_the_default_attention_is_sdpa_where_the_family_has_it(tiny_bert_dir):
     assert load_backbone(str(tiny_bert_dir)).config._attn_implementation == "sdpa"
+
+
+def test_the_expected_pooler_report_is_quiet_and_other_reports_stay(tiny_bert_dir, tmp_path, caplog):
+    """BERT loads without its pooler, so the pooler weights a checkpoint holds are always 'unexpected': no report for
+    them; a report naming any other weight is still shown."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    from lightembed.backbones import load_backbone
+
+    with caplog.at_level(logging.WARNING, logger="transformers.modeling_utils"):
+        load_backbone(str(tiny_bert_dir))
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+
+    folder = tmp_path / "extra"
+    shutil.copytree(tiny_bert_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["encoder.extra.weight"] = torch.zeros(2)
+    save_file(weights, folder / "model.safetensors")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="transformers.modeling_utils"):
+        load_backbone(str(folder))
+    assert [r for r in caplog.records if "LOAD REPORT" in r.getMessage() and "encoder.extra" in r.getMessage()]

@@ -21,6 +21,26 @@ from lightembed.packaged import is_packaged, resolve_packaged
 
 log = logging.getLogger(__name__)
 
+
+class _ExpectedPoolerReport(logging.Filter):
+    """Drop transformers' load report when all it lists is the checkpoint's pooler weights.
+
+    BERT-like families load without their pooler (``add_pooling_layer=False``: pooling is lightembed's), so the
+    pooler weights a checkpoint holds are always "unexpected"; that report says nothing a user can act on. A report
+    that names any other weight is kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [line.split("|", 1)[0].strip() for line in message.splitlines()[1:] if "|" in line]
+        keys = [key for key in rows if key and key != "Key" and not set(key) <= {"-", "+"}]
+        return not (keys and all(key.startswith("pooler.") for key in keys))
+
+
+logging.getLogger("transformers.modeling_utils").addFilter(_ExpectedPoolerReport())
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
