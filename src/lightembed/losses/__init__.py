@@ -4,7 +4,10 @@ Every loss a stage's ``loss`` option takes subclasses :class:`.base.EmbeddingLos
 :mod:`.cosent` (CoSENT, AnglE's cosine term), :mod:`.angle_difference` (AnglE's angle term, sentence-transformers'
 ``AnglELoss``), :mod:`.in_batch` (InfoNCE with in-batch and hard negatives, duplicate-aware), :mod:`.angle_objective`
 (AnglE's weighted sum of the three), :mod:`.mntp` (masked next-token prediction; takes hidden states and the output
-embedding).
+embedding), :mod:`.matryoshka` (any of them summed over embedding prefixes), and the classic table: :mod:`.contrastive`
+(contrastive and online contrastive on 0/1 pairs), :mod:`.cosine_similarity`, :mod:`.softmax` (Sentence-BERT's
+classifier, a head owned by the loss), :mod:`.triplet`, :mod:`.batch_triplet` (batch-hard, semi-hard, all and
+soft-margin on (text, label) batches), :mod:`.mega_batch_margin`, :mod:`.gist` (GISTEmbed, guide embeddings as inputs).
 """
 
 from __future__ import annotations
@@ -14,17 +17,42 @@ import warnings
 from lightembed.losses.angle_difference import AngleDifferenceLoss
 from lightembed.losses.angle_objective import AnglEObjectiveLoss
 from lightembed.losses.base import EmbeddingLoss
+from lightembed.losses.batch_triplet import (
+    BatchAllTripletLoss,
+    BatchHardSoftMarginTripletLoss,
+    BatchHardTripletLoss,
+    BatchSemiHardTripletLoss,
+)
+from lightembed.losses.contrastive import ContrastiveLoss, OnlineContrastiveLoss
 from lightembed.losses.cosent import CoSENTLoss
+from lightembed.losses.cosine_similarity import CosineSimilarityLoss
+from lightembed.losses.gist import GISTEmbedLoss
 from lightembed.losses.in_batch import InBatchNegativesLoss
+from lightembed.losses.matryoshka import MatryoshkaLoss
+from lightembed.losses.mega_batch_margin import MegaBatchMarginLoss
 from lightembed.losses.mntp import MNTPLoss
+from lightembed.losses.softmax import SoftmaxLoss
+from lightembed.losses.triplet import TripletLoss
 
 __all__ = [
     "AnglEObjectiveLoss",
     "AngleDifferenceLoss",
+    "BatchAllTripletLoss",
+    "BatchHardSoftMarginTripletLoss",
+    "BatchHardTripletLoss",
+    "BatchSemiHardTripletLoss",
     "CoSENTLoss",
+    "ContrastiveLoss",
+    "CosineSimilarityLoss",
     "EmbeddingLoss",
+    "GISTEmbedLoss",
     "InBatchNegativesLoss",
     "MNTPLoss",
+    "MatryoshkaLoss",
+    "MegaBatchMarginLoss",
+    "OnlineContrastiveLoss",
+    "SoftmaxLoss",
+    "TripletLoss",
 ]
 
 # Old names, kept importable for one release (a YAML `class_path: lightembed.losses.AnglELoss` still resolves). They

@@ -1,0 +1,137 @@
+"""MatryoshkaLoss: the weighted sum of the inner loss over embedding prefixes, exact values and gradients."""
+
+import pytest
+import torch
+
+from lightembed.encoder import EncoderSettings
+from lightembed.losses import (
+    AnglEObjectiveLoss,
+    BatchHardTripletLoss,
+    CoSENTLoss,
+    GISTEmbedLoss,
+    InBatchNegativesLoss,
+    MatryoshkaLoss,
+)
+from lightembed.stages import ContrastiveModule
+from lightembed.stages.batch_embedding import GradCacheEmbedding
+
+B, H = 6, 16
+DIMS = [16, 8, 4]
+WEIGHTS = [1.0, 0.5, 2.0]
+
+
+def _inputs(seed: int = 0, negatives: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    anchor = torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True)
+    positive = torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True)
+    negative = torch.randn(B, negatives, H, generator=g, dtype=torch.float64, requires_grad=True) if negatives else None
+    return anchor, positive, negative
+
+
+def _naive(inner, anchor, positive, negative, dims, weights, **kwargs):
+    total = 0.0
+    for d, w in zip(dims, weights, strict=True):
+        neg = None if negative is None else negative[..., :d].clone()
+        total = total + w * inner(anchor[..., :d].clone(), positive[..., :d].clone(), neg, **kwargs)
+    return total
+
+
+CASES = {
+    "angle-labels": (AnglEObjectiveLoss, 0, True),
+    "cosent-labels": (CoSENTLoss, 0, True),
+    "in-batch-hard-negatives": (InBatchNegativesLoss, 2, False),
+    "simcse-infonce": (lambda: InBatchNegativesLoss(temperature=0.05), 0, False),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_equals_naive_loop_with_exact_gradients(name):
+    make, negatives, with_labels = CASES[name]
+    inner = make()
+    anchor, positive, negative = _inputs(negatives=negatives)
+    labels = torch.tensor([4.8, 4.5, 0.4, 4.0, 3.6, 4.2], dtype=torch.float64) if with_labels else None
+    ids = {"anchor_ids": torch.tensor([0, 1, 2, 3, 4, 0]), "positive_ids": torch.arange(10, 16)}
+    loss = MatryoshkaLoss(inner, [8, 16, 4], [0.5, 1.0, 2.0])(anchor, positive, negative, labels, **ids)
+    grads = torch.autograd.grad(loss, [t for t in (anchor, positive, negative) if t is not None])
+    reference = _naive(inner, anchor, positive, negative, DIMS, WEIGHTS, labels=labels, **ids)
+    ref_grads = torch.autograd.grad(reference, [t for t in (anchor, positive, negative) if t is not None])
+    torch.testing.assert_close(loss, reference, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # the prefixes really differ: the sum is not one loss times the total weight
+    assert not torch.isclose(loss, sum(WEIGHTS) * inner(anchor, positive, negative, labels=labels, **ids))
+
+
+def test_label_losses_and_guide_embeddings_pass_through():
+    anchor, _, _ = _inputs()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    inner = BatchHardTripletLoss(margin=1.0)
+    got = MatryoshkaLoss(inner, [16, 4])(anchor, labels=labels)
+    torch.testing.assert_close(got, inner(anchor[:, :16], labels=labels) + inner(anchor[:, :4], labels=labels))
+    anchor, positive, _ = _inputs(1)
+    guide = {"guide_anchor": anchor.detach() * 2, "guide_positive": positive.detach() + 0.1}
+    gist = GISTEmbedLoss()
+    got = MatryoshkaLoss(gist, [4])(anchor, positive, **guide)
+    torch.testing.assert_close(got, gist(anchor[:, :4], positive[:, :4], **guide))
+
+
+@pytest.mark.parametrize(
+    ("dims", "weights", "message"),
+    [
+        ([], None, "needs at least one dimension in dims"),
+        ([8, 0], None, "dims must be positive integers, got 0"),
+        ([8, -4], None, "dims must be positive integers, got -4"),
+        ([8, 4.5], None, r"dims must be positive integers, got 4\.5"),
+        ([8, 8], None, r"dims must be distinct, got \[8, 8\]"),
+        ([8, 4], [1.0], "weights must have one entry per dim: 2 dims, got 1 weights"),
+        ([8, 4], [1.0, -1.0], r"weights must be >= 0, got -1\.0"),
+    ],
+)
+def test_constructor_validation(dims, weights, message):
+    with pytest.raises(ValueError, match=message):
+        MatryoshkaLoss(CoSENTLoss(), dims, weights)
+
+
+def test_dim_larger_than_the_embedding_is_refused():
+    anchor, positive, _ = _inputs()
+    with pytest.raises(ValueError, match="dims must be <= the embedding size 16, got 32"):
+        MatryoshkaLoss(CoSENTLoss(), [32, 8])(anchor, positive, labels=torch.ones(B))
+
+
+def test_dims_are_sorted_with_their_weights():
+    loss = MatryoshkaLoss(CoSENTLoss(), [4, 16, 8], [3.0, 1.0, 2.0])
+    assert loss.dims == [16, 8, 4] and loss.weights == [1.0, 2.0, 3.0]
+
+
+def _step(module, batch):
+    module.zero_grad()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+def test_gradcache_step_equals_plain_step(tiny_bert_dir, tokenizer):
+    """GradCache wraps the loss on embeddings: micro-batches of 2 give the plain full-batch step (dropout 0)."""
+    from lightembed.data.collators import PairCollator
+
+    rows = [
+        {"anchor": "A man is playing a guitar.", "positive": "A man plays the guitar.", "score": 4.8},
+        {"anchor": "A woman is slicing an onion.", "positive": "A woman cuts an onion.", "score": 4.5},
+        {"anchor": "A cat sits on the mat.", "positive": "A dog runs in the park.", "score": 0.4},
+        {"anchor": "Kids are playing football.", "positive": "Children play soccer outside.", "score": 4.0},
+    ]
+    batch = PairCollator(tokenizer, max_length=32)(rows)
+    loss = MatryoshkaLoss(AnglEObjectiveLoss(), [32, 16, 8], [1.0, 1.0, 0.5])
+    module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.0), loss=loss)
+    module.configure_model()
+    plain_loss, plain = _step(module, batch)
+    module.batch_embedding = GradCacheEmbedding(2)
+    cached_loss, cached = _step(module, batch)
+    torch.testing.assert_close(cached_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    assert plain.keys() == cached.keys() and len(plain) > 10
+    for name in plain:
+        torch.testing.assert_close(cached[name], plain[name], atol=1e-5, rtol=1e-5, msg=name)
+    # the wrapped loss really differs from the plain AnglE objective on this batch
+    module.loss = AnglEObjectiveLoss()
+    assert not torch.isclose(_step(module, batch)[0], plain_loss)

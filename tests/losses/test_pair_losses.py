@@ -1,0 +1,175 @@
+"""Contrastive, online contrastive, cosine-similarity, softmax, triplet and MegaBatchMargin losses: each against a
+naive per-row loop and against sentence-transformers' implementation on the same embeddings."""
+
+import math
+
+import pytest
+import torch
+
+from lightembed.losses import (
+    ContrastiveLoss,
+    CosineSimilarityLoss,
+    MegaBatchMarginLoss,
+    OnlineContrastiveLoss,
+    SoftmaxLoss,
+    TripletLoss,
+)
+
+B, H = 8, 12
+TOL = {"rtol": 1e-6, "atol": 1e-6}
+
+
+def _emb(seed: int, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+ANCHOR, POSITIVE, NEGATIVE = _emb(0, B, H), _emb(1, B, H), _emb(2, B, H)
+PAIR_LABELS = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0])
+SCORES = torch.rand(B, generator=torch.Generator().manual_seed(3))
+
+
+def _cos(u, v):
+    return float(u @ v / (u.norm() * v.norm()))
+
+
+def _dist(u, v, distance):
+    return 1 - _cos(u, v) if distance == "cosine" else float((u - v).norm())
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_contrastive_matches_loop(distance):
+    margin = 0.5 if distance == "cosine" else 5.0
+    got = ContrastiveLoss(margin, distance)(ANCHOR, POSITIVE, labels=PAIR_LABELS)
+    terms = []
+    for u, v, y in zip(ANCHOR, POSITIVE, PAIR_LABELS.tolist(), strict=True):
+        d = _dist(u, v, distance)
+        terms.append(0.5 * (d**2 if y == 1 else max(0.0, margin - d) ** 2))
+    assert got.item() == pytest.approx(sum(terms) / B, rel=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_online_contrastive_matches_loop(distance):
+    margin = 0.5 if distance == "cosine" else 5.0
+    got = OnlineContrastiveLoss(margin, distance)(ANCHOR, POSITIVE, labels=PAIR_LABELS)
+    d = [_dist(u, v, distance) for u, v in zip(ANCHOR, POSITIVE, strict=True)]
+    pos = [x for x, y in zip(d, PAIR_LABELS.tolist(), strict=True) if y == 1]
+    neg = [x for x, y in zip(d, PAIR_LABELS.tolist(), strict=True) if y == 0]
+    want = sum(x**2 for x in pos if x > min(neg)) + sum(max(0.0, margin - x) ** 2 for x in neg if x < max(pos))
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_pair_losses_refuse_bad_labels():
+    with pytest.raises(ValueError, match="ContrastiveLoss takes 0/1 labels"):
+        ContrastiveLoss()(ANCHOR, POSITIVE, labels=SCORES)
+    with pytest.raises(ValueError, match="OnlineContrastiveLoss needs labels"):
+        OnlineContrastiveLoss()(ANCHOR, POSITIVE)
+    with pytest.raises(ValueError, match="distance must be one of cosine, euclidean, got 'manhattan'"):
+        ContrastiveLoss(distance="manhattan")
+    with pytest.raises(ValueError, match="CosineSimilarityLoss needs labels"):
+        CosineSimilarityLoss()(ANCHOR, POSITIVE)
+    with pytest.raises(ValueError, match="TripletLoss needs negative"):
+        TripletLoss()(ANCHOR, POSITIVE)
+
+
+def test_cosine_similarity_matches_loop():
+    got = CosineSimilarityLoss()(ANCHOR, POSITIVE, labels=SCORES)
+    want = sum((_cos(u, v) - y) ** 2 for u, v, y in zip(ANCHOR, POSITIVE, SCORES.tolist(), strict=True)) / B
+    assert got.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_softmax_matches_loop_and_builds_lazily():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    lazy = SoftmaxLoss(num_labels=3)
+    got = lazy(ANCHOR, POSITIVE, labels=labels)
+    assert lazy.classifier.in_features == 3 * H
+    w, b = lazy.classifier.weight, lazy.classifier.bias
+    want = 0.0
+    for u, v, y in zip(ANCHOR, POSITIVE, labels.tolist(), strict=True):
+        logits = [float(w[c].detach() @ torch.cat([u, v, (u - v).abs()]) + b[c].detach()) for c in range(3)]
+        want -= logits[y] - math.log(sum(math.exp(x) for x in logits))
+    assert got.item() == pytest.approx(want / B, rel=1e-5)
+    got.backward()
+    assert lazy.classifier.weight.grad is not None  # the head trains with the loss
+    with pytest.raises(ValueError, match="built for embedding_dim=4, got embeddings of size 12"):
+        SoftmaxLoss(num_labels=3, embedding_dim=4)(ANCHOR, POSITIVE, labels=labels)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_triplet_matches_loop_with_several_negatives(distance):
+    negatives = _emb(4, B, 3, H)
+    margin = 0.3 if distance == "cosine" else 5.0
+    got = TripletLoss(margin, distance)(ANCHOR, POSITIVE, negatives)
+    want = [
+        max(0.0, _dist(a, p, distance) - _dist(a, n, distance) + margin)
+        for a, p, ns in zip(ANCHOR, POSITIVE, negatives, strict=True)
+        for n in ns
+    ]
+    assert got.item() == pytest.approx(sum(want) / len(want), rel=1e-5)
+
+
+def test_mega_batch_margin_matches_loop_with_hard_negatives():
+    got = MegaBatchMarginLoss()(ANCHOR, POSITIVE, NEGATIVE)
+    candidates = list(POSITIVE) + list(NEGATIVE)
+    want = 0.0
+    for i, a in enumerate(ANCHOR):
+        hardest = max(_cos(a, c) for j, c in enumerate(candidates) if j != i)
+        want += max(0.0, 0.8 - _cos(a, POSITIVE[i])) + max(0.0, hardest - 0.3)
+    assert got.item() == pytest.approx(want / B, rel=1e-5)
+
+
+# sentence-transformers parity: their losses on the very same embeddings
+
+
+@pytest.fixture
+def st_losses():
+    return pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+
+
+def _st_metric(st_losses, distance):
+    metric = st_losses.SiameseDistanceMetric
+    return metric.COSINE_DISTANCE if distance == "cosine" else metric.EUCLIDEAN
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_contrastive_family_matches_sentence_transformers(st_losses, distance):
+    metric = _st_metric(st_losses, distance)
+    pairs = [(ContrastiveLoss, st_losses.ContrastiveLoss), (OnlineContrastiveLoss, st_losses.OnlineContrastiveLoss)]
+    for make_ours, make_theirs in pairs:
+        ours, theirs = make_ours(0.7, distance), make_theirs(None, distance_metric=metric, margin=0.7)
+        want = theirs.compute_loss_from_embeddings([ANCHOR, POSITIVE], PAIR_LABELS)
+        torch.testing.assert_close(ours(ANCHOR, POSITIVE, labels=PAIR_LABELS), want, **TOL)
+
+
+def test_cosine_similarity_matches_sentence_transformers(st_losses):
+    want = st_losses.CosineSimilarityLoss(None).compute_loss_from_embeddings([ANCHOR, POSITIVE], SCORES)
+    torch.testing.assert_close(CosineSimilarityLoss()(ANCHOR, POSITIVE, labels=SCORES), want, **TOL)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_triplet_matches_sentence_transformers(st_losses, distance):
+    metric = st_losses.TripletDistanceMetric
+    st_metric = metric.COSINE if distance == "cosine" else metric.EUCLIDEAN
+    theirs = st_losses.TripletLoss(None, distance_metric=st_metric, triplet_margin=1.0)
+    want = theirs.compute_loss_from_embeddings([ANCHOR, POSITIVE, NEGATIVE], None)
+    torch.testing.assert_close(TripletLoss(1.0, distance)(ANCHOR, POSITIVE, NEGATIVE), want, **TOL)
+
+
+def test_mega_batch_margin_matches_sentence_transformers(st_losses):
+    theirs = st_losses.MegaBatchMarginLoss.__new__(st_losses.MegaBatchMarginLoss)  # their constructor wants a model
+    torch.nn.Module.__init__(theirs)
+    theirs.positive_margin, theirs.negative_margin, theirs.mini_batch_size = 0.8, 0.3, B
+    want = theirs.calculate_loss([[ANCHOR], [POSITIVE]])
+    torch.testing.assert_close(MegaBatchMarginLoss()(ANCHOR, POSITIVE), want, **TOL)
+
+
+def test_softmax_matches_sentence_transformers(st_losses, monkeypatch):
+    from sentence_transformers.sentence_transformer.losses import softmax as st_softmax
+
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    ours = SoftmaxLoss(num_labels=3, embedding_dim=H)
+    model = torch.nn.Linear(1, 1)  # a stand-in: the embeddings come from the patched embed_columns
+    model.device = torch.device("cpu")
+    theirs = st_softmax.SoftmaxLoss(model, embedding_dimension=H, num_labels=3)
+    theirs.classifier.load_state_dict(ours.classifier.state_dict())
+    monkeypatch.setattr(st_softmax, "embed_columns", lambda model, features: [ANCHOR, POSITIVE])
+    torch.testing.assert_close(ours(ANCHOR, POSITIVE, labels=labels), theirs([{}, {}], labels), **TOL)
