@@ -38,14 +38,13 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
-from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import TEXT_FIELDS, PairCollator
 from lightembed.data.formats import STS_SCORE_RANGE
 from lightembed.data.no_duplicates import row_hashes
 from lightembed.data.pair_sources import PairSource, as_pair_source, load_pairs, stream_pairs
 from lightembed.data.samplers import BatchingMode, Interleave, MultiDatasetBatchSampler, SmallDataset
 from lightembed.data.streaming import StreamingPairBatches
-from lightembed.data.sts_sets import STSSets
+from lightembed.data.sts_sets import STSEvaluation, STSSets
 from lightembed.data.token_cache import PretokenizedPairCollator, cache_file, tokenized
 
 __all__ = [
@@ -106,7 +105,7 @@ class MultiDataset(Dataset):
         return rows
 
 
-class MultiDatasetDataModule(LightningDataModule):
+class MultiDatasetDataModule(STSEvaluation, LightningDataModule):
     """Several named pair/triplet datasets for contrastive training; STS sets for validation and test.
 
     Args:
@@ -205,37 +204,11 @@ class MultiDatasetDataModule(LightningDataModule):
         self._train_hashes: list[np.ndarray] | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
 
-    # ------------------------------------------------------------------ names (EvaluationSets)
+    # ------------------------------------------------------------------ names (the STS sets: STSEvaluation)
     @property
     def train_names(self) -> list[str]:
         """Names of the training datasets, in order."""
         return list(self.train_sources)
-
-    @property
-    def val_names(self) -> list[str]:
-        """Names of the validation sets, in dataloader order (all of them are STS sets)."""
-        return self.sts.val_names
-
-    @property
-    def sts_val_names(self) -> list[str]:
-        """Names of the STS validation sets: all of :attr:`val_names`."""
-        return self.sts.val_names
-
-    @property
-    def test_names(self) -> list[str]:
-        """Names of the test sets, in dataloader order."""
-        return self.sts.test_names
-
-    @property
-    def test_sources(self) -> dict[str, str]:
-        return self.sts.test_sources
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        """The tokenizer named by the ``tokenizer`` option, loaded on first use."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_name)
-        return self._tokenizer
 
     # ------------------------------------------------------------------ loading
     def _same_fields(self, fields: Mapping[str, Sequence[str]]) -> bool:
@@ -378,14 +351,4 @@ class MultiDatasetDataModule(LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-        )
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return self.sts.loaders(
-            "validation", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers, self.eval_instruction
-        )
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return self.sts.loaders(
-            "test", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers, self.eval_instruction
         )

@@ -20,12 +20,11 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import TEXT_FIELDS, PairCollator
 from lightembed.data.formats import FORMATS, STS_SCORE_RANGE, checked_columns, convert, format_named, to_fields
 from lightembed.data.samplers import EpochRandomSampler, LengthGroupedBatchSampler
 from lightembed.data.sources import load_source, row_locator
-from lightembed.data.sts_sets import STSSets
+from lightembed.data.sts_sets import STSEvaluation, STSSets
 
 TrainFormat = Literal[
     "pairs", "scored_pairs", "triplets", "nli_triplets", "nli_scored_pairs", "nli_entailment_pairs", "nli_pairs"
@@ -33,7 +32,7 @@ TrainFormat = Literal[
 """The row formats of :mod:`lightembed.data.formats`; ``nli_pairs`` is the deprecated name of ``nli_scored_pairs``."""
 
 
-class PairDataModule(LightningDataModule):
+class PairDataModule(STSEvaluation, LightningDataModule):
     """Pairs or triplets for contrastive training, STS sets for validation and test.
 
     Args:
@@ -125,44 +124,6 @@ class PairDataModule(LightningDataModule):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._train_lengths: np.ndarray | None = None
 
-    @property
-    def val_sources(self) -> dict[str, str]:
-        return self.sts.val_sources
-
-    @property
-    def test_sources(self) -> dict[str, str]:
-        return self.sts.test_sources
-
-    @property
-    def val_datasets(self) -> list[datasets.Dataset] | None:
-        return self.sts.val_datasets
-
-    @property
-    def test_datasets(self) -> list[datasets.Dataset] | None:
-        return self.sts.test_datasets
-
-    @property
-    def val_names(self) -> list[str]:
-        """Names of the validation sets, in dataloader order (all of them are STS sets)."""
-        return self.sts.val_names
-
-    @property
-    def sts_val_names(self) -> list[str]:
-        """Names of the STS validation sets: all of :attr:`val_names`."""
-        return self.sts.val_names
-
-    @property
-    def test_names(self) -> list[str]:
-        """Names of the test sets, in dataloader order."""
-        return self.sts.test_names
-
-    @property
-    def tokenizer(self) -> PreTrainedTokenizerBase:
-        """The tokenizer named by the ``tokenizer`` option, loaded on first use."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_name)
-        return self._tokenizer
-
     def _load_train(self) -> datasets.Dataset:
         assert self.train_source is not None
         text_columns, score_column = checked_columns(self.row_format, self.columns)
@@ -218,13 +179,3 @@ class PairDataModule(LightningDataModule):
             return DataLoader(ds, batch_sampler=batch_sampler, collate_fn=collate, **workers)
         sampler = EpochRandomSampler(len(ds), self.seed)
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, collate_fn=collate, **workers)
-
-    def val_dataloader(self) -> list[DataLoader]:
-        return self.sts.loaders(
-            "validation", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers, self.eval_instruction
-        )
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return self.sts.loaders(
-            "test", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers, self.eval_instruction
-        )

@@ -14,6 +14,7 @@ import datasets
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lightembed.backbones import load_tokenizer
 from lightembed.data.collators import PairCollator
 from lightembed.data.formats import STS_SCORE_RANGE, load_sts
 from lightembed.data.sources import OnBadRow
@@ -97,3 +98,68 @@ class STSSets:
         collate = PairCollator(tokenizer, max_length, instructions)
         workers = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
         return [DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate, **workers) for ds in sets]
+
+
+class STSEvaluation:
+    """What a data module whose validation and test loaders are all STS sets answers from its :class:`STSSets`:
+    the names and sources of its sets (:class:`~lightembed.data.batches.EvaluationSets`), its tokenizer and the
+    validation/test loaders. A mixin of :class:`~lightembed.data.PairDataModule` and
+    :class:`~lightembed.data.MultiDatasetDataModule`; they set ``sts``, ``tokenizer_name``, ``max_length``,
+    ``eval_batch_size``, ``num_workers`` and ``eval_instruction``.
+    """
+
+    sts: STSSets
+    tokenizer_name: str
+    max_length: int
+    eval_batch_size: int
+    num_workers: int
+    eval_instruction: str | None
+    _tokenizer: PreTrainedTokenizerBase | None
+
+    @property
+    def val_sources(self) -> dict[str, str]:
+        return self.sts.val_sources
+
+    @property
+    def test_sources(self) -> dict[str, str]:
+        return self.sts.test_sources
+
+    @property
+    def val_datasets(self) -> list[datasets.Dataset] | None:
+        return self.sts.val_datasets
+
+    @property
+    def test_datasets(self) -> list[datasets.Dataset] | None:
+        return self.sts.test_datasets
+
+    @property
+    def val_names(self) -> list[str]:
+        """Names of the validation sets, in dataloader order (all of them are STS sets)."""
+        return self.sts.val_names
+
+    @property
+    def sts_val_names(self) -> list[str]:
+        """Names of the STS validation sets: all of :attr:`val_names`."""
+        return self.sts.val_names
+
+    @property
+    def test_names(self) -> list[str]:
+        """Names of the test sets, in dataloader order."""
+        return self.sts.test_names
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer named by the ``tokenizer`` option, loaded on first use."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self.sts.loaders(
+            "validation", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers, self.eval_instruction
+        )
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.sts.loaders(
+            "test", self.tokenizer, self.max_length, self.eval_batch_size, self.num_workers, self.eval_instruction
+        )
