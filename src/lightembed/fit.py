@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
+from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import lightembed.strategies  # noqa: F401  (registers the `fsdp2` and `fsdp_blocks` strategy names)
 from lightembed.interrupts import handle_interrupts
-from lightembed.precision import accept_auto_precision, resolve_precision
+from lightembed.precision import resolve_precision
 from lightembed.stages.base import EmbeddingModule
 
 # lightembed's command line passes its (normalised) sys.argv as `args`; the warning guards against giving both by
@@ -44,15 +45,31 @@ def option_value(config: Mapping[str, Any], option: str) -> Any:
     return value
 
 
+class Trainer(L.Trainer):
+    """Lightning's Trainer whose ``precision`` also takes ``auto``: the faster training precision of this machine.
+
+    ``auto`` is bf16-mixed on CPUs that multiply bf16 natively and on GPUs with bf16, else 32-true
+    (:func:`lightembed.precision.resolve_precision`); every other value is Lightning's. The other arguments are
+    Lightning's, passed through unchanged (LightningCLI reads them from ``L.Trainer``'s signature).
+    """
+
+    def __init__(self, precision: _PRECISION_INPUT | Literal["auto"] | None = None, **kwargs: Any) -> None:
+        super().__init__(precision=resolve_precision(precision, kwargs.get("accelerator", "auto")), **kwargs)
+
+
 class LightembedCLI(LightningCLI):
-    """LightningCLI with lightembed's argument links and a test pass on the best checkpoint after ``fit``."""
+    """LightningCLI with lightembed's argument links, the :class:`Trainer` that takes ``precision: auto``, and a
+    test pass on the best checkpoint after ``fit``."""
+
+    def __init__(self, *args: Any, trainer_class: type[L.Trainer] = Trainer, **kwargs: Any) -> None:
+        super().__init__(*args, trainer_class=trainer_class, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(BACKBONE_OPTION, "data.init_args.tokenizer")
         parser.link_arguments(MAX_LENGTH_OPTION, "data.init_args.max_length")
-        accept_auto_precision(parser)
 
     def before_instantiate_classes(self) -> None:
+        # resolve `auto` in the config itself, so the run's saved config.yaml records the precision it trained in
         config = self.config[self.subcommand] if self.subcommand else self.config
         config.trainer.precision = resolve_precision(config.trainer.precision, config.trainer.accelerator)
 

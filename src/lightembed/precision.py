@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import torch
 
@@ -26,10 +26,6 @@ def cpu_training_precision() -> Literal["bf16-mixed", "32-true"]:
 
 AUTO = "auto"
 """The precision lightembed resolves for the machine (``--trainer.precision auto``, configs/trainer/cpu.yaml)."""
-AUTO_HELP = (
-    " lightembed adds 'auto': on CPUs bf16-mixed where the CPU multiplies bf16 natively, else 32-true; "
-    "on GPUs bf16-mixed where supported, else 32-true."
-)
 
 
 def resolve_precision(precision: Any, accelerator: Any = "auto") -> Any:
@@ -44,16 +40,3 @@ def resolve_precision(precision: Any, accelerator: Any = "auto") -> Any:
     if on_cpu:
         return cpu_training_precision()
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def accept_auto_precision(parser: Any, option: str = "trainer.precision") -> None:
-    """Let a LightningCLI parser accept ``auto`` for ``option`` (resolved later with :func:`resolve_precision`).
-
-    The Trainer's ``precision`` parameter is a ``Literal`` of Lightning's names, which the parser checks while it
-    reads the configs; widening the option's type hint by ``"auto"`` is the one place that can let it through.
-    """
-    action = next((a for a in parser._actions if a.dest == option), None)
-    if action is None or not hasattr(action, "_typehint"):
-        return
-    action._typehint = Union[action._typehint, Literal["auto"]]  # noqa: UP007  (a runtime type object, not a hint)
-    action.help = (action.help or "") + AUTO_HELP
