@@ -125,5 +125,9 @@ def test_matches_sentence_transformers(distance):
         (BatchHardSoftMarginTripletLoss(distance), st.BatchHardSoftMarginTripletLoss(None, distance_metric=metric)),
     ]
     for ours, theirs in pairs:
-        want = theirs.compute_loss_from_embeddings([EMB], LABELS)
-        torch.testing.assert_close(ours(EMB, labels=LABELS), want, **TOL, msg=type(ours).__name__)
+        mine, their_emb = EMB.clone().requires_grad_(True), EMB.clone().requires_grad_(True)
+        got, want = ours(mine, labels=LABELS), theirs.compute_loss_from_embeddings([their_emb], LABELS)
+        torch.testing.assert_close(got, want, **TOL, msg=type(ours).__name__)
+        got.backward()
+        want.backward()
+        torch.testing.assert_close(mine.grad, their_emb.grad, **TOL, msg=f"{type(ours).__name__} gradient")

@@ -17,6 +17,9 @@ from lightembed.losses import (
 
 B, H = 8, 12
 TOL = {"rtol": 1e-6, "atol": 1e-6}
+# sentence-transformers' euclidean metric is F.pairwise_distance with eps=1e-6 added to each difference; lightembed
+# takes the exact distance, which moves gradients by ~2e-6
+GRAD_TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def _emb(seed: int, *shape: int) -> torch.Tensor:
@@ -124,6 +127,16 @@ def st_losses():
     return pytest.importorskip("sentence_transformers.sentence_transformer.losses")
 
 
+def _assert_same_with_grads(ours, theirs, *tensors):
+    """``ours(*copies)`` equals ``theirs(*other copies)`` in value and in its gradient w.r.t. every input."""
+    mine = [t.clone().requires_grad_(True) for t in tensors]
+    other = [t.clone().requires_grad_(True) for t in tensors]
+    got, want = ours(*mine), theirs(*other)
+    torch.testing.assert_close(got, want, **TOL)
+    for a, b in zip(torch.autograd.grad(got, mine), torch.autograd.grad(want, other), strict=True):
+        torch.testing.assert_close(a, b, **GRAD_TOL)
+
+
 def _st_metric(st_losses, distance):
     metric = st_losses.SiameseDistanceMetric
     return metric.COSINE_DISTANCE if distance == "cosine" else metric.EUCLIDEAN
@@ -135,13 +148,22 @@ def test_contrastive_family_matches_sentence_transformers(st_losses, distance):
     pairs = [(ContrastiveLoss, st_losses.ContrastiveLoss), (OnlineContrastiveLoss, st_losses.OnlineContrastiveLoss)]
     for make_ours, make_theirs in pairs:
         ours, theirs = make_ours(0.7, distance), make_theirs(None, distance_metric=metric, margin=0.7)
-        want = theirs.compute_loss_from_embeddings([ANCHOR, POSITIVE], PAIR_LABELS)
-        torch.testing.assert_close(ours(ANCHOR, POSITIVE, labels=PAIR_LABELS), want, **TOL)
+        _assert_same_with_grads(
+            lambda a, p: ours(a, p, labels=PAIR_LABELS),  # noqa: B023 (called inside the loop)
+            lambda a, p: theirs.compute_loss_from_embeddings([a, p], PAIR_LABELS),  # noqa: B023
+            ANCHOR,
+            POSITIVE,
+        )
 
 
 def test_cosine_similarity_matches_sentence_transformers(st_losses):
-    want = st_losses.CosineSimilarityLoss(None).compute_loss_from_embeddings([ANCHOR, POSITIVE], SCORES)
-    torch.testing.assert_close(CosineSimilarityLoss()(ANCHOR, POSITIVE, labels=SCORES), want, **TOL)
+    theirs = st_losses.CosineSimilarityLoss(None)
+    _assert_same_with_grads(
+        lambda a, p: CosineSimilarityLoss()(a, p, labels=SCORES),
+        lambda a, p: theirs.compute_loss_from_embeddings([a, p], SCORES),
+        ANCHOR,
+        POSITIVE,
+    )
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
@@ -149,16 +171,20 @@ def test_triplet_matches_sentence_transformers(st_losses, distance):
     metric = st_losses.TripletDistanceMetric
     st_metric = metric.COSINE if distance == "cosine" else metric.EUCLIDEAN
     theirs = st_losses.TripletLoss(None, distance_metric=st_metric, triplet_margin=1.0)
-    want = theirs.compute_loss_from_embeddings([ANCHOR, POSITIVE, NEGATIVE], None)
-    torch.testing.assert_close(TripletLoss(1.0, distance)(ANCHOR, POSITIVE, NEGATIVE), want, **TOL)
+    _assert_same_with_grads(
+        TripletLoss(1.0, distance),
+        lambda a, p, n: theirs.compute_loss_from_embeddings([a, p, n], None),
+        ANCHOR,
+        POSITIVE,
+        NEGATIVE,
+    )
 
 
 def test_mega_batch_margin_matches_sentence_transformers(st_losses):
     theirs = st_losses.MegaBatchMarginLoss.__new__(st_losses.MegaBatchMarginLoss)  # their constructor wants a model
     torch.nn.Module.__init__(theirs)
     theirs.positive_margin, theirs.negative_margin, theirs.mini_batch_size = 0.8, 0.3, B
-    want = theirs.calculate_loss([[ANCHOR], [POSITIVE]])
-    torch.testing.assert_close(MegaBatchMarginLoss()(ANCHOR, POSITIVE), want, **TOL)
+    _assert_same_with_grads(MegaBatchMarginLoss(), lambda a, p: theirs.calculate_loss([[a], [p]]), ANCHOR, POSITIVE)
 
 
 def test_softmax_matches_sentence_transformers(st_losses, monkeypatch):
