@@ -11,6 +11,7 @@ from lightembed.losses import (
     GISTEmbedLoss,
     InBatchNegativesLoss,
     MatryoshkaLoss,
+    TripletLoss,
 )
 from lightembed.stages import ContrastiveModule
 from lightembed.stages.batch_embedding import GradCacheEmbedding
@@ -135,3 +136,48 @@ def test_gradcache_step_equals_plain_step(tiny_bert_dir, tokenizer):
     # the wrapped loss really differs from the plain AnglE objective on this batch
     module.loss = AnglEObjectiveLoss()
     assert not torch.isclose(_step(module, batch)[0], plain_loss)
+
+
+def test_normalize_renormalises_each_prefix_for_distance_losses():
+    anchor, positive, negative = _inputs(negatives=2)
+    inner = TripletLoss(margin=0.5)
+    got = MatryoshkaLoss(inner, [16, 4], normalize=True)(anchor, positive, negative)
+    unit = torch.nn.functional.normalize
+    want = sum(
+        inner(unit(anchor[:, :d], dim=-1), unit(positive[:, :d], dim=-1), unit(negative[..., :d], dim=-1))
+        for d in (16, 4)
+    )
+    torch.testing.assert_close(got, want)
+    assert not torch.isclose(got, MatryoshkaLoss(inner, [16, 4])(anchor, positive, negative))
+    # a cosine loss is unchanged by the renormalisation
+    labels = torch.tensor([4.8, 4.5, 0.4, 4.0, 3.6, 4.2], dtype=torch.float64)
+    torch.testing.assert_close(
+        MatryoshkaLoss(CoSENTLoss(), [16, 4], normalize=True)(anchor, positive, labels=labels),
+        MatryoshkaLoss(CoSENTLoss(), [16, 4])(anchor, positive, labels=labels),
+    )
+
+
+@pytest.mark.parametrize("inner_name", ["cosent", "triplet"])
+def test_matches_sentence_transformers(inner_name):
+    st = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
+
+    class Stub(torch.nn.Module):  # their losses take a model; this one returns each column's fixed embeddings
+        def forward(self, features):
+            return {"sentence_embedding": features["embedding"]}
+
+        def get_embedding_dimension(self):
+            return H
+
+    anchor, positive, negative = (t.detach().float() for t in _inputs(negatives=1))
+    negative = negative[:, 0]
+    stub = Stub()
+    if inner_name == "cosent":
+        labels = torch.tensor([4.8, 4.5, 0.4, 4.0, 3.6, 4.2])
+        ours = MatryoshkaLoss(CoSENTLoss(), DIMS, WEIGHTS)(anchor, positive, labels=labels)
+        theirs = st.MatryoshkaLoss(stub, st.CoSENTLoss(stub), DIMS, WEIGHTS)
+        want = theirs([{"embedding": anchor}, {"embedding": positive}], labels)
+    else:
+        ours = MatryoshkaLoss(TripletLoss(margin=0.5), DIMS, WEIGHTS, normalize=True)(anchor, positive, negative)
+        theirs = st.MatryoshkaLoss(stub, st.TripletLoss(stub, triplet_margin=0.5), DIMS, WEIGHTS)
+        want = theirs([{"embedding": anchor}, {"embedding": positive}, {"embedding": negative}], None)
+    torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)

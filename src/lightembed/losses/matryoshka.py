@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from lightembed.losses.base import EmbeddingLoss
@@ -18,12 +19,15 @@ class MatryoshkaLoss(EmbeddingLoss):
         loss = Σ_k w_k · inner(anchor[..., :d_k], positive[..., :d_k], negative[..., :d_k], labels, ids...)
 
     Labels and every keyword argument (text ids, a guide's embeddings) pass through unchanged: only the student's
-    embeddings are truncated. Nothing is renormalised here: the truncated prefixes go to the inner loss as they are,
-    and the inner loss normalises exactly as it does at full size. :class:`CoSENTLoss`, :class:`InBatchNegativesLoss`
-    (so SimCSE's InfoNCE), :class:`AngleDifferenceLoss` and :class:`AnglEObjectiveLoss` all score by cosine or by a
-    product divided by both norms, so they see each prefix renormalised, as a truncated embedding is used at
-    inference (cosine). Euclidean-distance losses (triplet, contrastive with ``distance="euclidean"``) see the raw
-    prefix. The angle term needs every ``d_k`` even.
+    embeddings are truncated. By default the prefixes go to the inner loss as they are, and the inner loss normalises
+    exactly as it does at full size: :class:`CoSENTLoss`, :class:`InBatchNegativesLoss` (so SimCSE's InfoNCE),
+    :class:`AngleDifferenceLoss`, :class:`AnglEObjectiveLoss`, :class:`CosineSimilarityLoss`,
+    :class:`MegaBatchMarginLoss`, :class:`GISTEmbedLoss` and every loss with ``distance="cosine"`` score by cosine
+    (or a product divided by both norms), so they see each prefix renormalised, as a truncated embedding is used at
+    inference. Euclidean-distance losses (triplet, contrastive, batch triplets with ``distance="euclidean"``) and
+    :class:`SoftmaxLoss` see the raw prefix unless ``normalize=True``, which scales each prefix to unit length first
+    as sentence-transformers' ``MatryoshkaLoss`` always does. The angle term needs every ``d_k`` even; a
+    :class:`SoftmaxLoss` head has one size, so it cannot be wrapped.
 
     Inputs: whatever the inner loss takes, with every embedding of size ``H ≥ max(dims)``.
 
@@ -31,9 +35,16 @@ class MatryoshkaLoss(EmbeddingLoss):
         loss: the inner loss, called once per dimension.
         dims: prefix sizes ``d_k > 0``, distinct; kept sorted from largest to smallest (weights follow their dims).
         weights: ``w_k`` per dimension in the order of ``dims`` as given; None weighs every dimension 1.
+        normalize: scale each prefix to unit length before the inner loss (no effect on the cosine losses).
     """
 
-    def __init__(self, loss: EmbeddingLoss, dims: Sequence[int], weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        loss: EmbeddingLoss,
+        dims: Sequence[int],
+        weights: Sequence[float] | None = None,
+        normalize: bool = False,
+    ) -> None:
         super().__init__()
         dims = list(dims)
         if not dims:
@@ -55,6 +66,12 @@ class MatryoshkaLoss(EmbeddingLoss):
         self.loss = loss
         self.dims = [dims[i] for i in order]
         self.weights = [weights[i] for i in order]
+        self.normalize = normalize
+
+    def _prefix(self, x: Tensor | None, d: int) -> Tensor | None:
+        if x is None:
+            return None
+        return F.normalize(x[..., :d], dim=-1) if self.normalize else x[..., :d]
 
     def forward(
         self,
@@ -82,11 +99,7 @@ class MatryoshkaLoss(EmbeddingLoss):
         total: Tensor | None = None
         for d, w in zip(self.dims, self.weights, strict=True):
             term = w * self.loss(
-                anchor[..., :d],
-                None if positive is None else positive[..., :d],
-                None if negative is None else negative[..., :d],
-                labels,
-                **kwargs,
+                self._prefix(anchor, d), self._prefix(positive, d), self._prefix(negative, d), labels, **kwargs
             )
             total = term if total is None else total + term
         assert total is not None  # the constructor refuses empty dims
