@@ -131,3 +131,14 @@ def test_matches_sentence_transformers(distance):
         got.backward()
         want.backward()
         torch.testing.assert_close(mine.grad, their_emb.grad, **TOL, msg=f"{type(ours).__name__} gradient")
+
+
+def test_accept_the_text_ids_a_stage_passes_every_loss():
+    ids = {"anchor_ids": torch.arange(len(LABELS)), "positive_ids": None, "negative_ids": None}
+    for loss in (
+        BatchHardTripletLoss(),
+        BatchAllTripletLoss(),
+        BatchSemiHardTripletLoss(),
+        BatchHardSoftMarginTripletLoss(),
+    ):
+        torch.testing.assert_close(loss(EMB, labels=LABELS, **ids), loss(EMB, labels=LABELS))

@@ -80,8 +80,12 @@ class BatchHardTripletLoss(_BatchTripletLoss):
         positive: Tensor | None = None,
         negative: Tensor | None = None,
         labels: Tensor | None = None,
+        *,
+        anchor_ids: Tensor | None = None,
+        positive_ids: Tensor | None = None,
+        negative_ids: Tensor | None = None,
     ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``labels (B,)``. Scalar."""
+        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
         hardest_pos, hardest_neg, valid = self._hardest(*self._masks(anchor, positive, negative, labels))
         return _mean_over(F.relu(hardest_pos - hardest_neg + self.margin), valid)
 
@@ -108,8 +112,12 @@ class BatchHardSoftMarginTripletLoss(_BatchTripletLoss):
         positive: Tensor | None = None,
         negative: Tensor | None = None,
         labels: Tensor | None = None,
+        *,
+        anchor_ids: Tensor | None = None,
+        positive_ids: Tensor | None = None,
+        negative_ids: Tensor | None = None,
     ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``labels (B,)``. Scalar."""
+        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
         hardest_pos, hardest_neg, valid = self._hardest(*self._masks(anchor, positive, negative, labels))
         return _mean_over(F.softplus(hardest_pos - hardest_neg), valid)
 
@@ -137,8 +145,12 @@ class BatchAllTripletLoss(_BatchTripletLoss):
         positive: Tensor | None = None,
         negative: Tensor | None = None,
         labels: Tensor | None = None,
+        *,
+        anchor_ids: Tensor | None = None,
+        positive_ids: Tensor | None = None,
+        negative_ids: Tensor | None = None,
     ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``labels (B,)``. Scalar."""
+        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
         dist, pos, neg = self._masks(anchor, positive, negative, labels)
         loss = F.relu(dist.unsqueeze(2) - dist.unsqueeze(1) + self.margin)  # (B, B, B) [i, j, k] = d_ij − d_ik + m
         loss = loss * (pos.unsqueeze(2) & neg.unsqueeze(1))  # (B, B, B) valid triplets only
@@ -169,8 +181,12 @@ class BatchSemiHardTripletLoss(_BatchTripletLoss):
         positive: Tensor | None = None,
         negative: Tensor | None = None,
         labels: Tensor | None = None,
+        *,
+        anchor_ids: Tensor | None = None,
+        positive_ids: Tensor | None = None,
+        negative_ids: Tensor | None = None,
     ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``labels (B,)``. Scalar."""
+        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
         dist, pos, neg = self._masks(anchor, positive, negative, labels)
         batch = dist.shape[0]
         # each row's negative distances in increasing order, non-negatives last (inf): a binary search then finds the
