@@ -23,7 +23,7 @@ synchronises the sum, as in DDP's ``no_sync`` gradient accumulation.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -68,6 +68,7 @@ def cached_loss(
     loss_fn: Callable[[dict[str, Tensor]], Tensor],
     micro_batch_size: int,
     grad_scale: float = 1.0,
+    parameters: Sequence[Tensor] = (),
 ) -> Tensor:
     """GradCache step: the loss of ``loss_fn({field: embed(features)})`` over the full batch, in micro-batches.
 
@@ -78,6 +79,9 @@ def cached_loss(
         micro_batch_size: rows embedded at once.
         grad_scale: factor applied to the in-step gradients, to match what the trainer applies to the returned
             loss before its backward (``1 / accumulate_grad_batches`` in Lightning).
+        parameters: trainable parameters of the loss itself (e.g. a classifier head). Their gradients are taken
+            with the embeddings' in pass 2 and handed to the trainer's backward through the returned value, so they
+            are scaled, synchronised across devices and clipped like every other gradient.
 
     Returns:
         a scalar with the value of the full-batch loss. On return, the gradients of every micro-batch but the last
@@ -97,7 +101,10 @@ def cached_loss(
     leaves = {name: e.detach().requires_grad_(True) for name, e in cached.items()}  # pass 2: loss on the full batch
     with torch.enable_grad():
         loss = loss_fn(leaves)
-        grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())), strict=True))  # {field: (B, H)}
+        inputs = [*leaves.values(), *parameters]
+        all_grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        grads = dict(zip(leaves, all_grads[: len(leaves)], strict=True))  # {field: (B, H)}
+        parameter_grads = all_grads[len(leaves) :]
 
     work = [(name, i) for name, parts in chunks.items() for i in range(len(parts))]
     last = work[-1]
@@ -110,7 +117,11 @@ def cached_loss(
             embedded = embed(part)  # (m, H)
         dot = (embedded * grad.to(embedded.dtype)).sum()  # scalar whose gradient w.r.t. embedded is `grad`
         if (name, i) == last:
-            surrogate = dot
+            # plus Σ θ·g for the loss's own parameters: the trainer's backward gives them exactly g = ∂L/∂θ
+            surrogate = dot + sum(
+                ((p * g).sum() for p, g in zip(parameters, parameter_grads, strict=True) if g is not None),
+                start=dot.new_zeros(()),
+            )
         else:
             (dot * grad_scale).backward()
     assert surrogate is not None

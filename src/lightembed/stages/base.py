@@ -176,7 +176,9 @@ class EmbeddingModule(L.LightningModule):
                 for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
                     optimizer.zero_grad()
                 self._grads_from_step = True
-        return self.batch_embedding(self.embed, fields, loss_fn, grad_scale=grad_scale)
+        loss = getattr(self, "loss", None)
+        parameters = [p for p in loss.parameters() if p.requires_grad] if isinstance(loss, nn.Module) else []
+        return self.batch_embedding(self.embed, fields, loss_fn, grad_scale=grad_scale, parameters=parameters)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         """Zero the gradients, unless a GradCache step already did and accumulated part of this step's gradients."""

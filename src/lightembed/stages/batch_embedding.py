@@ -6,13 +6,14 @@
 * :class:`GradCacheEmbedding`: micro-batches without graph, the loss on the whole batch, then a replay with graph
   (:mod:`lightembed.gradcache`): a contrastive batch larger than memory.
 
-Each takes ``embed`` (features -> ``(B, H)``), the batch's fields (``{"anchor": features, ...}``) and ``loss_fn``
-(``{field: (B, H)}`` -> scalar) and returns the loss.
+Each takes ``embed`` (features -> ``(B, H)``), the batch's fields (``{"anchor": features, ...}``), ``loss_fn``
+(``{field: (B, H)}`` -> scalar) and the loss's own trainable parameters (GradCache must route their gradients), and
+returns the loss.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor
 
@@ -30,7 +31,12 @@ class PlainEmbedding:
     accumulates_gradients = False  # the training step itself calls backward on nothing
 
     def __call__(
-        self, embed: Embed, fields: Mapping[str, Features], loss_fn: LossFn, grad_scale: float = 1.0
+        self,
+        embed: Embed,
+        fields: Mapping[str, Features],
+        loss_fn: LossFn,
+        grad_scale: float = 1.0,
+        parameters: Sequence[Tensor] = (),
     ) -> Tensor:
         return loss_fn({name: embed(features) for name, features in fields.items()})
 
@@ -46,7 +52,12 @@ class LengthChunkedEmbedding:
         self.cost = cost
 
     def __call__(
-        self, embed: Embed, fields: Mapping[str, Features], loss_fn: LossFn, grad_scale: float = 1.0
+        self,
+        embed: Embed,
+        fields: Mapping[str, Features],
+        loss_fn: LossFn,
+        grad_scale: float = 1.0,
+        parameters: Sequence[Tensor] = (),
     ) -> Tensor:
         return loss_fn(embed_by_length(embed, fields, self.cost))
 
@@ -67,9 +78,16 @@ class GradCacheEmbedding:
         self.micro_batch_size = micro_batch_size
 
     def __call__(
-        self, embed: Embed, fields: Mapping[str, Features], loss_fn: LossFn, grad_scale: float = 1.0
+        self,
+        embed: Embed,
+        fields: Mapping[str, Features],
+        loss_fn: LossFn,
+        grad_scale: float = 1.0,
+        parameters: Sequence[Tensor] = (),
     ) -> Tensor:
-        return gradcache.cached_loss(embed, fields, loss_fn, self.micro_batch_size, grad_scale=grad_scale)
+        return gradcache.cached_loss(
+            embed, fields, loss_fn, self.micro_batch_size, grad_scale=grad_scale, parameters=parameters
+        )
 
 
 BatchEmbedding = PlainEmbedding | LengthChunkedEmbedding | GradCacheEmbedding
