@@ -23,8 +23,9 @@ class Features(TypedDict, total=False):
 class PairBatch(TypedDict, total=False):
     """Pairs or triplets (``PairCollator``): supervised contrastive training and STS validation/test.
 
-    ``anchor`` and ``positive`` are always present; ``negative`` for triplets, ``score`` for scored pairs (STS),
-    ``label`` for labelled pairs. ``<field>_ids`` are stable hashes of each text's normalised form: equal ids mean
+    ``anchor`` is always present and ``positive`` too except in (text, class) batches (``labelled_texts``: ``anchor``
+    and ``label`` only); ``negative`` for triplets, ``score`` for scored pairs (STS), ``label`` for labelled pairs
+    and texts. ``<field>_ids`` are stable hashes of each text's normalised form: equal ids mean
     the same text, so a loss can tell a duplicate from a true negative (also across DDP ranks).
     """
 

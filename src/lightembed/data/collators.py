@@ -1,11 +1,11 @@
 """Turn rows of text pairs or triplets into a tokenized batch dict with named fields.
 
 Rows are dicts with ``anchor`` and ``positive`` (str), optionally ``negative`` (str), ``score`` (float) and
-``label`` (int). The batch is::
+``label`` (int); a labelled row may hold ``anchor`` alone (a (text, class) row). The batch is::
 
     {
         "anchor":   {"input_ids": (B, La), "attention_mask": (B, La)[, "token_type_ids": (B, La)]},
-        "positive": {... (B, Lp)},
+        "positive": {... (B, Lp)},           # absent for (text, class) rows
         "negative": {... (B, Ln)},           # only when the rows have a negative
         "score":    float32 (B,),             # only when the rows have a score
         "label":    int64 (B,),               # only when the rows have a label
@@ -130,7 +130,8 @@ class PairCollator:
         if not rows:
             raise ValueError("PairCollator got an empty list of rows")
         expected = _present(rows[0])
-        for required in ("anchor", "positive"):
+        # a row with a label may be a single text (``labelled_texts``, for the batch triplet losses)
+        for required in ("anchor",) if "label" in expected else ("anchor", "positive"):
             if required not in expected:
                 raise ValueError(f"rows need an {required!r} text; got keys {sorted(rows[0])}")
         for i, row in enumerate(rows):

@@ -16,7 +16,16 @@ nli_triplets         premise, hypothesis, label                   premise, entai
 nli_scored_pairs     premise, hypothesis, label                   premise, hypothesis, score per label
                                                                   (``nli_scores``)
 nli_entailment_pairs premise, hypothesis, label                   premise, entailed hypothesis
+labelled_texts       text->anchor, label->label                   anchor, label (class id; string labels get ids
+                                                                  in sorted order, the mapping logged)
+labelled_pairs       sentence1->anchor, sentence2->positive,      anchor, positive, label (0 or 1, e.g. MRPC's
+                     label->label                                 1 = paraphrase)
+nli_labelled_pairs   premise, hypothesis, label                   premise, hypothesis, label 1 (entailment) or 0
+                                                                  (contradiction); neutral pairs are dropped
 ==================== ============================================ ===============================================
+
+``labelled_texts`` feeds the batch triplet losses (class ids, best with P x K class batches); ``labelled_pairs`` and
+``nli_labelled_pairs`` feed the 0/1 pair losses (contrastive, online contrastive).
 
 STS sets (validation, test) are ``scored_pairs`` with the default columns (:data:`STS_COLUMNS`), read by
 :func:`load_sts`: scores in :data:`STS_SCORE_RANGE` (0-5) unless the data module's ``sts_score_range`` says
@@ -29,6 +38,7 @@ the new name (:func:`format_named`).
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -43,9 +53,23 @@ from lightembed.data.sources import OnBadRow, load_source, resolve_source
 NLI_FIELDS = ("premise", "hypothesis", "label")
 """Fields an ``nli_*`` format maps its source columns to, before the conversion."""
 
-FormatName = Literal["pairs", "scored_pairs", "triplets", "nli_triplets", "nli_scored_pairs", "nli_entailment_pairs"]
+FormatName = Literal[
+    "pairs",
+    "scored_pairs",
+    "triplets",
+    "nli_triplets",
+    "nli_scored_pairs",
+    "nli_entailment_pairs",
+    "labelled_texts",
+    "labelled_pairs",
+    "nli_labelled_pairs",
+]
 
-Conversion = Literal["none", "nli_triplets", "nli_scored_pairs", "nli_entailment_pairs"]
+Conversion = Literal[
+    "none", "nli_triplets", "nli_scored_pairs", "nli_entailment_pairs", "nli_labelled_pairs", "class_ids", "binary"
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,12 +92,13 @@ class RowFormat:
 
     @property
     def is_nli(self) -> bool:
-        return self.conversion != "none"
+        return self.conversion.startswith("nli_")
 
     @property
     def streamable(self) -> bool:
-        """Whether rows convert one at a time; ``nli_triplets`` groups the hypotheses of a premise over the source."""
-        return self.conversion != "nli_triplets"
+        """Whether rows convert one at a time; ``nli_triplets`` groups the hypotheses of a premise over the source,
+        and ``labelled_texts`` numbers the label names of the whole source."""
+        return self.conversion not in ("nli_triplets", "class_ids")
 
     @property
     def has_score(self) -> bool:
@@ -105,8 +130,10 @@ class RowFormat:
             return ["anchor", "positive"]
         if self.conversion == "nli_scored_pairs":
             return ["anchor", "positive", "score"]
+        if self.conversion == "nli_labelled_pairs":
+            return ["anchor", "positive", "label"]
         present = set(mapping.values())
-        return [f for f in (*TEXT_FIELDS, "score") if f in present]
+        return [f for f in (*TEXT_FIELDS, "score", "label") if f in present]
 
 
 _NLI_COLUMNS = {"premise": "premise", "hypothesis": "hypothesis", "label": "label"}
@@ -128,6 +155,14 @@ FORMATS: dict[str, RowFormat] = {
         RowFormat("nli_triplets", _NLI_COLUMNS, NLI_FIELDS, conversion="nli_triplets"),
         RowFormat("nli_scored_pairs", _NLI_COLUMNS, NLI_FIELDS, conversion="nli_scored_pairs"),
         RowFormat("nli_entailment_pairs", _NLI_COLUMNS, NLI_FIELDS, conversion="nli_entailment_pairs"),
+        RowFormat("labelled_texts", {"text": "anchor", "label": "label"}, ("anchor", "label"), conversion="class_ids"),
+        RowFormat(
+            "labelled_pairs",
+            {"sentence1": "anchor", "sentence2": "positive", "label": "label"},
+            ("anchor", "positive", "label"),
+            conversion="binary",
+        ),
+        RowFormat("nli_labelled_pairs", _NLI_COLUMNS, NLI_FIELDS, conversion="nli_labelled_pairs"),
     )
 }
 """Every row format by name."""
@@ -203,7 +238,76 @@ def convert(
         return nli_to_pairs(ds, check_nli_scores(nli_scores), on_bad_row=on_bad_row, locate=locate)
     if fmt.conversion == "nli_entailment_pairs":
         return nli_to_pairs(ds, {"entailment": 1.0}, on_bad_row=on_bad_row, locate=locate).remove_columns("score")
+    if fmt.conversion == "nli_labelled_pairs":
+        pairs = nli_to_pairs(ds, {"entailment": 1.0, "contradiction": 0.0}, on_bad_row=on_bad_row, locate=locate)
+        return binary_labels(pairs.rename_column("score", "label"), "error")
+    if fmt.conversion == "class_ids":
+        return class_ids(ds, on_bad_row, locate)
+    if fmt.conversion == "binary":
+        return binary_labels(ds, on_bad_row, locate)
     return ds
+
+
+def _bad_label(on_bad_row: OnBadRow, bad: list[int], what: str, locate: Callable[[int], str] | None) -> None:
+    """Raise naming the first bad row, or log how many are skipped."""
+    if not bad:
+        return
+    if on_bad_row == "error":
+        where = locate(bad[0]) if locate is not None else f"row {bad[0]}"
+        raise ValueError(f"{where}: {what} ({len(bad)} such row(s); on_bad_row: skip drops them)")
+    log.warning("skipped %d row(s) with %s", len(bad), what)
+
+
+def _as_class(label: Any) -> int | str | None:
+    """An int class id, a label name, or None (missing or unusable): bools and floats like 2.0 read as ints."""
+    if label is None or isinstance(label, bool):
+        return None if label is None else int(label)
+    if isinstance(label, int | float):
+        return int(label) if float(label).is_integer() and label >= 0 else None
+    if isinstance(label, str):
+        return label.strip() or None
+    return None
+
+
+def class_ids(
+    ds: datasets.Dataset, on_bad_row: OnBadRow = "error", locate: Callable[[int], str] | None = None
+) -> datasets.Dataset:
+    """Rows ``anchor``, ``label`` with ``label`` an int class id: non-negative ints stay as they are; label names
+    (strings) get ids 0, 1, ... in sorted order, the mapping logged. A missing label, a negative or fractional number,
+    or a mix of names and numbers is a bad row."""
+    labels = [_as_class(label) for label in ds["label"]]
+    names = sorted({label for label in labels if isinstance(label, str)})
+    numbers = any(isinstance(label, int) for label in labels)
+    if names and numbers:
+        first = next(i for i, label in enumerate(labels) if isinstance(label, int))
+        where = locate(first) if locate is not None else f"row {first}"
+        raise ValueError(f"{where}: labels mix names ({names[:3]}...) and numbers; use one kind in the label column")
+    bad = [i for i, label in enumerate(labels) if label is None]
+    _bad_label(on_bad_row, bad, "a missing, negative or fractional class label", locate)
+    ids = {name: i for i, name in enumerate(names)}
+    if names:
+        log.info("labelled_texts: class ids %s", ids)
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    values = [ids[labels[i]] if names else labels[i] for i in keep]
+    ds = ds.select(keep) if len(keep) < len(ds) else ds
+    return ds.remove_columns("label").add_column("label", values)
+
+
+def _binary(label: Any) -> int | None:
+    """0 or 1 from ``0``/``1``/``0.0``/``1.0``/``true``/``false``/``"1"``...; None for anything else."""
+    return {"0": 0, "1": 1, "false": 0, "true": 1}.get(str(label).strip().lower().removesuffix(".0"))
+
+
+def binary_labels(
+    ds: datasets.Dataset, on_bad_row: OnBadRow = "error", locate: Callable[[int], str] | None = None
+) -> datasets.Dataset:
+    """Rows with ``label`` 0 or 1 as an int (``1``, ``1.0``, ``true`` and ``"1"`` read as 1); other labels are bad."""
+    labels = [_binary(label) for label in ds["label"]]
+    bad = [i for i, label in enumerate(labels) if label is None]
+    _bad_label(on_bad_row, bad, "a label that is not 0 or 1", locate)
+    keep = [i for i, label in enumerate(labels) if label is not None]
+    ds = ds.select(keep) if len(keep) < len(ds) else ds
+    return ds.remove_columns("label").add_column("label", [labels[i] for i in keep])
 
 
 def convert_row(
@@ -214,14 +318,22 @@ def convert_row(
     Raises:
         ValueError: an NLI label that is missing or unknown (the caller decides whether to skip the row).
     """
+    if fmt.conversion == "binary":
+        label = _binary(row["label"])
+        if label is None:
+            raise ValueError(f"bad 0/1 label {row['label']!r}")
+        return {**row, "label": label}
     if not fmt.is_nli:
         return dict(row)
-    if fmt.conversion == "nli_triplets":
-        raise ValueError("format 'nli_triplets' groups rows over the whole source and cannot convert one row")
+    if not fmt.streamable:
+        raise ValueError(f"format {fmt.name!r} groups rows over the whole source and cannot convert one row")
     label = nli_label_id(row["label"])
     if label < 0:
         raise ValueError(f"bad NLI label {row['label']!r}")
     name = NLI_LABELS[label]
+    if fmt.conversion == "nli_labelled_pairs":
+        pair = {"anchor": row["premise"], "positive": row["hypothesis"]}
+        return {**pair, "label": int(name == "entailment")} if name != "neutral" else None
     if fmt.conversion == "nli_entailment_pairs":
         return {"anchor": row["premise"], "positive": row["hypothesis"]} if name == "entailment" else None
     scores = check_nli_scores(nli_scores)

@@ -1,8 +1,10 @@
 """Data module for supervised contrastive training on text pairs/triplets, validated and tested on STS sets.
 
 Training rows come from one source in one row format (:mod:`lightembed.data.formats`: ``pairs``, ``scored_pairs``,
-``triplets``, ``nli_triplets``, ``nli_scored_pairs``, ``nli_entailment_pairs``); each is converted to rows with
-``anchor``, ``positive`` and, by format, ``negative`` or ``score``.
+``triplets``, ``nli_triplets``, ``nli_scored_pairs``, ``nli_entailment_pairs``, ``labelled_texts``,
+``labelled_pairs``, ``nli_labelled_pairs``); each is converted to rows with ``anchor``, ``positive`` and, by format,
+``negative``, ``score`` or ``label`` (``labelled_texts``: ``anchor`` and ``label`` only). ``examples_per_class``
+makes P x K class batches (:class:`~lightembed.data.class_sampler.ClassBatchSampler`) for the batch triplet losses.
 
 Validation and test sets are STS sources (``sentence1``, ``sentence2``, ``score``) named in a dict
 (:class:`~lightembed.data.sts_sets.STSSets`); the loaders come in dict order and :attr:`PairDataModule.val_names` /
@@ -20,6 +22,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lightembed.data.class_sampler import ClassBatchSampler
 from lightembed.data.collators import TEXT_FIELDS, PairCollator
 from lightembed.data.formats import FORMATS, STS_SCORE_RANGE, checked_columns, convert, format_named, to_fields
 from lightembed.data.samplers import EpochRandomSampler, LengthGroupedBatchSampler
@@ -27,7 +30,16 @@ from lightembed.data.sources import load_source, row_locator
 from lightembed.data.sts_sets import STSEvaluation, STSSets
 
 TrainFormat = Literal[
-    "pairs", "scored_pairs", "triplets", "nli_triplets", "nli_scored_pairs", "nli_entailment_pairs", "nli_pairs"
+    "pairs",
+    "scored_pairs",
+    "triplets",
+    "nli_triplets",
+    "nli_scored_pairs",
+    "nli_entailment_pairs",
+    "labelled_texts",
+    "labelled_pairs",
+    "nli_labelled_pairs",
+    "nli_pairs",
 ]
 """The row formats of :mod:`lightembed.data.formats`; ``nli_pairs`` is the deprecated name of ``nli_scored_pairs``."""
 
@@ -52,6 +64,10 @@ class PairDataModule(STSEvaluation, LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: validation/test batch size.
         length_grouping: batch training rows of similar token length (:class:`LengthGroupedBatchSampler`).
+        examples_per_class: ``K``: each training batch holds ``batch_size / K`` classes with ``K`` examples each
+            (:class:`~lightembed.data.class_sampler.ClassBatchSampler`), so every anchor of a batch triplet loss has a
+            positive and negatives; needs ``train_format: labelled_texts`` and ``batch_size`` a multiple of ``K``.
+            None draws random batches.
         num_workers: DataLoader worker processes.
         seed: seed of the training shuffle (the order is fixed by seed and epoch).
         score_range: inclusive ``(low, high)`` bounds checked on training scores (``scored_pairs`` only).
@@ -83,6 +99,7 @@ class PairDataModule(STSEvaluation, LightningDataModule):
         batch_size: int = 16,
         eval_batch_size: int = 64,
         length_grouping: bool = False,
+        examples_per_class: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
         score_range: tuple[float, float] | None = None,
@@ -99,6 +116,16 @@ class PairDataModule(STSEvaluation, LightningDataModule):
             raise ValueError(f"score_range applies to train_format='scored_pairs' only, not {fmt.name!r}")
         if nli_scores is not None and fmt.conversion != "nli_scored_pairs":
             raise ValueError(f"nli_scores applies to train_format='nli_scored_pairs' only, not {fmt.name!r}")
+        if examples_per_class is not None:
+            if fmt.conversion != "class_ids":
+                raise ValueError(f"examples_per_class needs train_format='labelled_texts', not {fmt.name!r}")
+            if length_grouping:
+                raise ValueError("examples_per_class and length_grouping both choose the batches: set only one")
+            if examples_per_class < 2 or batch_size % examples_per_class or batch_size // examples_per_class < 2:
+                raise ValueError(
+                    f"examples_per_class ({examples_per_class}) must be >= 2 and divide batch_size ({batch_size}) "
+                    "into at least 2 classes per batch"
+                )
         self.save_hyperparameters()
         self.train_source = train
         self.train_format = fmt.name
@@ -112,6 +139,7 @@ class PairDataModule(STSEvaluation, LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.length_grouping = length_grouping
+        self.examples_per_class = examples_per_class
         self.num_workers = num_workers
         self.seed = seed
         self.score_range = score_range
@@ -174,6 +202,10 @@ class PairDataModule(STSEvaluation, LightningDataModule):
         ds = self._require(self.train_dataset, "train")
         collate = PairCollator(self.tokenizer, self.max_length, self.instructions)
         workers = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        if self.examples_per_class is not None:
+            k = self.examples_per_class
+            batch_sampler = ClassBatchSampler(ds["label"], self.batch_size // k, k, seed=self.seed)
+            return DataLoader(ds, batch_sampler=batch_sampler, collate_fn=collate, **workers)
         if self.length_grouping:
             batch_sampler = LengthGroupedBatchSampler(self.train_lengths(), self.batch_size, seed=self.seed)
             return DataLoader(ds, batch_sampler=batch_sampler, collate_fn=collate, **workers)

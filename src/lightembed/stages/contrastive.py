@@ -65,7 +65,8 @@ class ContrastiveModule(EmbeddingModule):
 
     def training_step(self, batch: PairBatch, batch_idx: int) -> Tensor:
         fields = {name: batch[name] for name in TEXT_FIELDS if name in batch}
-        labels = batch.get("score")
+        # a regression target (score) if the rows have one, else class ids or 0/1 pair labels
+        labels = batch.get("score", batch.get("label"))
         ids = {name: batch.get(f"{name}_ids") for name in TEXT_FIELDS}
         if self.gather_across_devices:  # rows of every rank, in rank order
             labels = distributed.gather(labels)  # (ΣB,)
@@ -76,7 +77,7 @@ class ContrastiveModule(EmbeddingModule):
                 embeddings = {k: distributed.gather_with_grad(v) for k, v in embeddings.items()}  # (ΣB, H) each
             return self.loss(
                 embeddings["anchor"],  # (B, H)
-                embeddings["positive"],  # (B, H)
+                embeddings.get("positive"),  # (B, H) | None: (text, class) batches have anchors only
                 embeddings.get("negative"),  # (B, H) | None
                 labels=labels,
                 anchor_ids=ids["anchor"],
