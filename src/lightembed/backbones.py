@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
@@ -199,3 +200,24 @@ def load_backbone(
     if bidirectional is not None:
         set_bidirectional(model, bidirectional)
     return model
+
+
+def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The qualified name and ``nn.ModuleList`` of a model's transformer blocks (``encoder.layer`` of a BERT,
+    ``layers`` of a Llama, inside a LoRA wrapper or not).
+
+    The blocks are found generically, not by family: the ``nn.ModuleList`` whose items are all of a class the model
+    lists in ``_no_split_modules`` (``BertLayer``, ``LlamaDecoderLayer``); the largest one if several.
+    """
+    names: set[str] = set()
+    for module in model.modules():
+        names.update(getattr(module, "_no_split_modules", None) or [])
+    lists = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) and all(type(m).__name__ in names for m in module)
+    ]
+    if not lists:
+        blocks = sorted(names)
+        raise ValueError(f"{type(model).__name__} has no nn.ModuleList of its `_no_split_modules` blocks {blocks}")
+    return max(lists, key=lambda item: sum(p.numel() for p in item[1].parameters()))

@@ -41,6 +41,7 @@ from lightembed.st_folder import (
     write_st_files,
     write_st_prompts,
 )
+from lightembed.truncation import check_layers, check_truncate_dim, keep_first_layers, truncate_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,9 @@ class EncoderSettings:
         gradient_checkpointing: recompute activations in the backward pass (non-reentrant) to save memory.
         lora: train a LoRA adapter instead of every weight (``None``: full fine-tuning).
         quantization: ``4bit`` loads the base with bitsandbytes NF4 (QLoRA; needs ``lora``).
+        truncate_dim: ``encode`` (and an export) keeps the first ``d`` dimensions, normalised after truncation when
+            ``normalize`` is on (Matryoshka; ``None``: all). The training forward is not truncated.
+        layers: run only the first ``k`` transformer layers; the others are removed on loading (``None``: all).
     """
 
     backbone: str = "packaged:all-MiniLM-L6-v2"
@@ -96,6 +100,8 @@ class EncoderSettings:
     gradient_checkpointing: bool = False
     lora: LoRASettings | None = None
     quantization: Literal["none", "4bit"] = "none"
+    truncate_dim: int | None = None
+    layers: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, Mapping):  # from YAML or a checkpoint's plain hyperparameters
@@ -106,6 +112,8 @@ class EncoderSettings:
             )
         if self.max_length < 1:
             raise ValueError(f"encoder.max_length must be >= 1, got {self.max_length}")
+        check_truncate_dim(self.truncate_dim, option="encoder.truncate_dim")
+        check_layers(self.layers, option="encoder.layers")
         if self.quantization != "none" and self.dropout is not None:
             raise ValueError("`encoder.dropout` is not supported with `quantization` yet: leave it unset for QLoRA")
         if self.quantization != "none" and self.lora is None:
@@ -157,13 +165,17 @@ class Encoder(nn.Module):
         normalize: bool | None = None,
         max_length: int | None = None,
         device: str | torch.device | None = None,
+        truncate_dim: int | None = None,
+        layers: int | None = None,
     ) -> Encoder:
         """Load an encoder from a Hub id, a local folder, a ``packaged:`` name or a Lightning ``.ckpt`` of any stage.
 
         Settings not given are read from the model (a lightembed export, a sentence-transformers folder, or the
-        checkpoint); otherwise mean pooling, no normalisation, 512 tokens. Returned in eval mode.
+        checkpoint); otherwise mean pooling, no normalisation, 512 tokens. ``truncate_dim`` and ``layers`` give a
+        smaller, faster model (see :class:`EncoderSettings`). Returned in eval mode.
         """
         given = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+        given.update(truncate_dim=truncate_dim, layers=layers)
         overrides = {k: v for k, v in given.items() if v is not None}
         if model.endswith(".ckpt"):
             encoder = _from_checkpoint(Path(resolve_model_path(model)), overrides)
@@ -189,6 +201,9 @@ class Encoder(nn.Module):
             backbone = load_quantized(s.backbone, compute_dtype="float32", bidirectional=s.bidirectional)
         else:
             backbone = load_backbone(s.backbone, dtype=s.dtype, bidirectional=s.bidirectional, dropout=s.dropout)
+        if s.layers is not None:  # before LoRA, so no adapter is made for the layers removed
+            keep_first_layers(backbone, s.layers, option="encoder.layers")
+        check_truncate_dim(s.truncate_dim, backbone.config.hidden_size, option="encoder.truncate_dim")
         self.backbone = apply_lora(backbone, s.lora) if s.lora is not None else backbone
         self.backbone.train(self.training)  # from_pretrained returns eval mode; dropout must follow the module
         if s.gradient_checkpointing:
@@ -241,8 +256,9 @@ class Encoder(nn.Module):
         device: str | torch.device | None = None,
         show_progress_bar: bool | None = None,
         convert_to_numpy: bool = False,
+        truncate_dim: int | None = None,
     ) -> Tensor | np.ndarray:
-        """Embed texts: ``N`` strings -> ``(N, H)`` float32 on CPU, in the input order (empty strings included).
+        """Embed texts: ``N`` strings -> ``(N, H)`` (or ``(N, truncate_dim)``) float32 on CPU, in the input order.
 
         Texts are sorted by their token count so each batch pads (almost) nothing, and run under
         ``torch.inference_mode``; ``precision="bfloat16"`` runs under bf16 autocast. ``instruction`` is prefixed to
@@ -252,6 +268,7 @@ class Encoder(nn.Module):
         The other options mean what they mean in ``SentenceTransformer.encode``: ``device`` moves the model there
         first, ``show_progress_bar`` (``None``: when logging is at INFO or DEBUG) shows one tick per batch,
         ``convert_to_numpy`` returns a NumPy array instead of a tensor, ``normalize`` L2-normalises (``None``: the
+        model's own setting, applied after truncation), ``truncate_dim`` keeps the first dimensions (``None``: the
         model's own setting).
         """
         if instruction is None:
@@ -260,6 +277,7 @@ class Encoder(nn.Module):
                 raise ValueError(f"encode: unknown prompt_name {name!r}; the model has prompts {sorted(self.prompts)}")
             instruction = self.prompts.get(name) if name else None
         options = {"device": device, "show_progress_bar": show_progress_bar, "convert_to_numpy": convert_to_numpy}
+        options["truncate_dim"] = truncate_dim
         return encode_texts(self, self, self.forward, texts, batch_size, normalize, precision, instruction, **options)
 
     # ------------------------------------------------------------------ export
@@ -291,14 +309,17 @@ class Encoder(nn.Module):
         backbone.save_pretrained(folder)
         copy_pooler_weights(self.settings.backbone, folder, getattr(backbone, "base_model_prefix", ""))
         self.tokenizer.save_pretrained(folder)
-        write_st_files(folder, self.pooling, self.normalize, self.embedding_dim, self.max_length)
-        write_st_prompts(folder, self.prompts, self.default_prompt_name)
-        model = {"base_model": self.settings.backbone, "dimension": self.embedding_dim, "prompts": self.prompts}
+        truncate_dim = self.settings.truncate_dim
+        write_st_files(folder, self.pooling, self.normalize, self.embedding_dim, self.max_length, truncate_dim)
+        write_st_prompts(folder, self.prompts, self.default_prompt_name, truncate_dim)
+        dimension = truncate_dim or self.embedding_dim
+        model = {"base_model": self.settings.backbone, "dimension": dimension, "prompts": self.prompts}
         model.update(max_length=self.max_length, pooling=self.pooling, normalize=self.normalize)
         (folder / "README.md").write_text(render_model_card(card or ModelCardData(), model))
         write_json(
             folder / SETTINGS_FILE,
-            {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length},
+            {"pooling": self.pooling, "normalize": self.normalize, "max_length": self.max_length}
+            | ({"truncate_dim": truncate_dim} if truncate_dim is not None else {}),
         )
         return folder
 
@@ -316,10 +337,12 @@ def encode_texts(
     device: str | torch.device | None = None,
     show_progress_bar: bool | None = None,
     convert_to_numpy: bool = False,
+    truncate_dim: int | None = None,
 ) -> Tensor | np.ndarray:
     """:meth:`Encoder.encode` with the embedding function ``embed`` of ``model`` (the encoder itself, or a stage that
     embeds otherwise, e.g. with token deletion at inference), run in eval mode on length-sorted batches:
-    ``(N, H)`` float32 on CPU (a NumPy array with ``convert_to_numpy``)."""
+    ``(N, H)`` float32 on CPU (a NumPy array with ``convert_to_numpy``); ``(N, d)`` with a ``truncate_dim`` (given, or
+    the encoder's), normalised after truncation as sentence-transformers' ``encode`` does."""
     if isinstance(texts, str):
         raise TypeError(f"encode takes a list of texts, got one string {texts[:40]!r}: pass [text]")
     for i, text in enumerate(texts):
@@ -329,6 +352,8 @@ def encode_texts(
     if batch_size < 1:
         raise ValueError(f"encode: batch_size must be >= 1, got {batch_size}")
     encoder.build()
+    truncate_dim = encoder.settings.truncate_dim if truncate_dim is None else truncate_dim
+    check_truncate_dim(truncate_dim, encoder.embedding_dim, option="encode: truncate_dim")
     if device is not None:
         model.to(device)
     if show_progress_bar is None:
@@ -337,7 +362,12 @@ def encode_texts(
     prefix = instruction or ""
     # One cheap pass (no padding, no tensors) for the token counts: sorting by characters leaves much more padding
     # than sorting by tokens. Longest first, so a too-large batch fails at once.
-    counts = encoder.tokenizer([prefix + t for t in texts], truncation=True, max_length=encoder.max_length)
+    # (the tokenizer refuses an empty list: no texts, no counts)
+    counts = (
+        encoder.tokenizer([prefix + t for t in texts], truncation=True, max_length=encoder.max_length)
+        if texts
+        else {"input_ids": []}
+    )
     order = sorted(range(len(texts)), key=lambda i: -len(counts["input_ids"][i]))
     was_training = model.training
     model.eval()
@@ -353,11 +383,12 @@ def encode_texts(
     finally:
         model.train(was_training)
     if not chunks:
-        embeddings = torch.empty(0, encoder.embedding_dim)
+        embeddings = torch.empty(0, truncate_dim or encoder.embedding_dim)
     else:
         sorted_embeddings = torch.cat(chunks).clone()  # (N, H) in length order; a normal tensor, not an inference one
         embeddings = torch.empty_like(sorted_embeddings)
         embeddings[torch.tensor(order)] = sorted_embeddings  # (N, H) back in input order
+        embeddings = truncate_embeddings(embeddings, truncate_dim)  # (N, H) -> (N, d)
         embeddings = F.normalize(embeddings, dim=-1) if normalize else embeddings
     return embeddings.numpy() if convert_to_numpy else embeddings
 
@@ -390,6 +421,9 @@ def _from_checkpoint(path: Path, overrides: dict[str, Any]) -> Encoder:
     encoder.build()
     prefix = "encoder."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    if overrides.get("layers") is not None:  # cut after training: the removed layers' weights are not loaded
+        kept = encoder.state_dict().keys()
+        state = {k: v for k, v in state.items() if k in kept}
     if FROZEN_BASE_KEY in checkpoint:
         fill_frozen_weights(encoder, state, str(path))
     encoder.load_state_dict(state)

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -31,15 +32,35 @@ ST_POOLING_KEYS = {
 }
 
 
-def write_st_files(folder: Path, pooling: str, normalize: bool, dimension: int, max_length: int) -> None:
-    """``modules.json`` (Transformer -> Pooling [-> Normalize]), the pooling config and the max length."""
+def write_st_files(
+    folder: Path, pooling: str, normalize: bool, dimension: int, max_length: int, truncate_dim: int | None = None
+) -> None:
+    """``modules.json`` (Transformer -> Pooling [-> Dense truncation] [-> Normalize]), the pooling config and the
+    max length.
+
+    sentence-transformers keeps ``truncate_dim`` out of what it saves and truncates after its modules (so after a
+    Normalize module), so a truncated export carries the truncation as a module: a bias-free identity ``Dense`` onto
+    the first ``truncate_dim`` dimensions, placed before Normalize so the embedding is renormalised after truncation,
+    as lightembed's ``encode`` does; ``SentenceTransformer(folder)`` then needs no argument.
+    """
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
     ]
+    if truncate_dim is not None:
+        path = f"{len(modules)}_Dense"
+        modules.append({"idx": 2, "name": "2", "path": path, "type": "sentence_transformers.models.Dense"})
+        config = {"in_features": dimension, "out_features": truncate_dim, "bias": False}
+        write_json(folder / path / "config.json", config | {"activation_function": "torch.nn.modules.linear.Identity"})
+        # (d, H) rows of the identity: x @ W.T is exactly x[:, :d]
+        save_file(
+            {"linear.weight": torch.eye(dimension)[:truncate_dim].contiguous()}, folder / path / "model.safetensors"
+        )
     if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-        (folder / "2_Normalize").mkdir(exist_ok=True)
+        idx = len(modules)
+        path = f"{idx}_Normalize"
+        modules.append({"idx": idx, "name": str(idx), "path": path, "type": "sentence_transformers.models.Normalize"})
+        (folder / path).mkdir(exist_ok=True)
     write_json(folder / "modules.json", modules)
     modes = {key: name == pooling for name, key in ST_POOLING_KEYS.items()}
     modes["pooling_mode_mean_sqrt_len_tokens"] = False
@@ -53,11 +74,17 @@ def write_st_files(folder: Path, pooling: str, normalize: bool, dimension: int, 
     write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
 
 
-def write_st_prompts(folder: Path, prompts: dict[str, str], default_prompt_name: str | None) -> None:
-    """``config_sentence_transformers.json``: cosine similarity and the named prompts (instructions)."""
+def write_st_prompts(
+    folder: Path, prompts: dict[str, str], default_prompt_name: str | None, truncate_dim: int | None = None
+) -> None:
+    """``config_sentence_transformers.json``: cosine similarity, the named prompts (instructions) and the
+    ``truncate_dim`` (when set: sentence-transformers ignores the key, lightembed reads it from a folder without
+    ``lightembed.json``)."""
     if default_prompt_name is not None and default_prompt_name not in prompts:
         raise ValueError(f"default prompt {default_prompt_name!r} is not one of the prompts {sorted(prompts)}")
     config = {"similarity_fn_name": "cosine", "prompts": prompts, "default_prompt_name": default_prompt_name}
+    if truncate_dim is not None:
+        config["truncate_dim"] = truncate_dim
     write_json(folder / ST_CONFIG_FILE, config)
 
 
@@ -71,7 +98,8 @@ def folder_prompts(folder: Path) -> tuple[dict[str, str], str | None]:
 
 
 def folder_settings(folder: Path) -> dict[str, Any]:
-    """Pooling/normalize/max_length recorded in a lightembed export or a sentence-transformers folder."""
+    """Pooling/normalize/max_length (and truncate_dim) recorded in a lightembed export or a sentence-transformers
+    folder."""
     if (folder / SETTINGS_FILE).is_file():
         return json.loads((folder / SETTINGS_FILE).read_text())
     settings: dict[str, Any] = {}
@@ -86,6 +114,9 @@ def folder_settings(folder: Path) -> dict[str, Any]:
     bert_config = folder / "sentence_bert_config.json"
     if bert_config.is_file():
         settings["max_length"] = json.loads(bert_config.read_text()).get("max_seq_length", 512)
+    st_config = folder / ST_CONFIG_FILE
+    if st_config.is_file() and json.loads(st_config.read_text()).get("truncate_dim") is not None:
+        settings["truncate_dim"] = json.loads(st_config.read_text())["truncate_dim"]
     return settings
 
 
