@@ -32,6 +32,9 @@ def test_every_format_is_defined_once_with_its_fields():
         "nli_triplets",
         "nli_scored_pairs",
         "nli_entailment_pairs",
+        "labelled_texts",
+        "labelled_pairs",
+        "nli_labelled_pairs",
     ]
     assert STS_COLUMNS == ("sentence1", "sentence2", "score") and isinstance(STS_COLUMNS, tuple)
     pairs = FORMATS["pairs"]
