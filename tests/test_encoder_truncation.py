@@ -125,3 +125,16 @@ def test_bad_truncate_dim_in_encode_names_the_option(full):
     for bad in (0, 33):
         with pytest.raises(ValueError, match="encode: truncate_dim"):
             full.encode(TEXTS, truncate_dim=bad)
+
+
+def test_a_cut_lora_encoder_adapts_only_the_kept_layers_and_exports_cut(tiny_bert_dir, tmp_path):
+    from lightembed.lora import LoRASettings
+
+    settings = EncoderSettings(backbone=str(tiny_bert_dir), max_length=64, layers=1, lora=LoRASettings(r=4))
+    encoder = Encoder(settings)
+    encoder.build()
+    adapted = {name.split(".layer.")[1].split(".")[0] for name, _ in encoder.named_parameters() if "lora_" in name}
+    assert adapted == {"0"}  # the removed block got no adapter
+    folder = encoder.save_pretrained(tmp_path / "export")
+    assert AutoConfig.from_pretrained(folder).num_hidden_layers == 1
+    torch.testing.assert_close(Encoder.from_pretrained(str(folder)).encode(TEXTS), encoder.eval().encode(TEXTS))

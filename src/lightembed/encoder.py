@@ -289,7 +289,9 @@ class Encoder(nn.Module):
             return self.backbone
         save_adapter(self.backbone, adapter_folder)
         base = self.backbone.peft_config[self.backbone.active_adapter].base_model_name_or_path
-        return merge_into_base(base, adapter_folder, bidirectional=self.settings.bidirectional)
+        merged = merge_into_base(base, adapter_folder, bidirectional=self.settings.bidirectional)
+        # the base reloaded from disk has every layer (the adapter has none for the removed ones): cut it again
+        return keep_first_layers(merged, self.settings.layers) if self.settings.layers is not None else merged
 
     def save_pretrained(self, folder: str | Path, card: ModelCardData | None = None) -> Path:
         """Write a sentence-transformers folder: HF weights + tokenizer, pooling, optional normalisation, prompts and
