@@ -22,9 +22,19 @@ def load_encoder(
     normalize: bool | None = None,
     max_length: int | None = None,
     device: str | torch.device | None = None,
+    truncate_dim: int | None = None,
+    layers: int | None = None,
 ) -> Encoder:
     """:meth:`Encoder.from_pretrained`: a Hub id, a local folder, a ``packaged:`` name or a stage's ``.ckpt``."""
-    return Encoder.from_pretrained(model, pooling=pooling, normalize=normalize, max_length=max_length, device=device)
+    return Encoder.from_pretrained(
+        model,
+        pooling=pooling,
+        normalize=normalize,
+        max_length=max_length,
+        device=device,
+        truncate_dim=truncate_dim,
+        layers=layers,
+    )
 
 
 def encode(model: str | Encoder, texts: Sequence[str], batch_size: int = 64) -> Tensor:

@@ -158,3 +158,27 @@ def test_evaluate_command_with_retrieval_reranking_and_device(tiny_bert_dir, tmp
     assert set(saved["retrieval"]["toy"]) >= {f"{m}@{k}" for m in ("ndcg", "mrr", "recall", "map") for k in (1, 10)}
     assert saved["settings"]["query_instruction"] == "query: " and "sts" not in saved["settings"].get("suites", [])
     assert saved["sts"] == {} and saved["reranking"]["rr"]["samples"] == 1
+
+
+def test_evaluate_truncates_and_cuts_layers_as_the_python_api_does(tiny_bert_dir, tmp_path, write_jsonl):
+    """`evaluate --truncate-dim D --layers K` scores the encoder `load_encoder(..., truncate_dim=D, layers=K)` gives."""
+    from lightembed.api import load_encoder
+    from lightembed.evaluation.commands import evaluate_main
+    from lightembed.evaluation.sts import evaluate_sts
+
+    rows = [
+        {
+            "sentence1": f"a sentence about topic {i}",
+            "sentence2": f"another text on item {i % 3}",
+            "score": float(i % 5),
+        }
+        for i in range(12)
+    ]
+    sts = write_jsonl(tmp_path / "sts.jsonl", rows)
+    report = evaluate_main([str(tiny_bert_dir), "--sts", f"toy={sts}", "--truncate-dim", "8", "--layers", "1"])
+    encoder = load_encoder(str(tiny_bert_dir), truncate_dim=8, layers=1)
+    assert encoder.encode(["x"]).shape == (1, 8)
+    [expected] = evaluate_sts(encoder, {"toy": str(sts)})
+    full = evaluate_main([str(tiny_bert_dir), "--sts", f"toy={sts}"])
+    assert report["sts"]["toy"]["spearman"] == pytest.approx(expected.spearman, abs=1e-6)
+    assert report["sts"]["toy"]["spearman"] != pytest.approx(full["sts"]["toy"]["spearman"], abs=1e-6)

@@ -117,6 +117,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", default=None, help="folder for relative local paths (else $LIGHTEMBED_DATA)")
     parser.add_argument("--pooling", default=None, help="override the model's pooling")
     parser.add_argument("--max-length", type=int, default=None, help="override the model's token limit")
+    parser.add_argument(
+        "--truncate-dim", type=int, default=None, help="keep the first D embedding dimensions (Matryoshka models)"
+    )
+    parser.add_argument("--layers", type=int, default=None, help="run only the first K transformer layers")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cpu", help="torch device the model runs on, e.g. cuda or cuda:1")
@@ -164,7 +168,14 @@ def evaluate_main(argv: Sequence[str]) -> dict:
     retrieval = parse_named_sources(ns.retrieval, what="retrieval", default_name=_set_name)
     reranking = parse_named_sources(ns.reranking, what="reranking", default_name=_set_name)
 
-    encoder = load_encoder(ns.model, pooling=ns.pooling, max_length=ns.max_length, device=ns.device)
+    encoder = load_encoder(
+        ns.model,
+        pooling=ns.pooling,
+        max_length=ns.max_length,
+        device=ns.device,
+        truncate_dim=ns.truncate_dim,
+        layers=ns.layers,
+    )
     results = run_suite(
         encoder,
         sts=sts,
