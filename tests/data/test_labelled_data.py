@@ -57,7 +57,11 @@ def test_labelled_pairs_read_0_1_labels_and_reject_others():
 
 
 def test_nli_labelled_pairs_are_entailment_1_contradiction_0_without_neutral():
-    rows = {"premise": ["p", "p", "p"], "hypothesis": ["e", "n", "c"], "label": ["entailment", "neutral", "contradiction"]}
+    rows = {
+        "premise": ["p", "p", "p"],
+        "hypothesis": ["e", "n", "c"],
+        "label": ["entailment", "neutral", "contradiction"],
+    }
     out = _convert("nli_labelled_pairs", rows)
     assert list(zip(out["positive"], out["label"], strict=True)) == [("e", 1), ("c", 0)]
     fmt = FORMATS["nli_labelled_pairs"]
