@@ -9,7 +9,7 @@ formats (:mod:`lightembed.data.formats`), then apply the same filters: ``where``
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -136,6 +136,25 @@ def _keep_rows(ds: datasets.Dataset, column: str, wanted: Any) -> np.ndarray:
     return np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def _read(reader: Callable[..., Any], spec: PairSource, label: str, data_root: str | None, on_bad_row: OnBadRow) -> Any:
+    """``reader`` (:func:`load_source` or :func:`stream_source`) on a source's columns with its row checks; a
+    column or row error says which source it came from."""
+    text_columns, _ = checked_columns(spec.row_format, spec.mapping)
+    try:
+        return reader(
+            spec.source,
+            spec.read_columns(),
+            spec.split,
+            data_root,
+            text_columns=text_columns,
+            score_column=spec.score_column if spec.min_score is not None else None,
+            on_bad_row=on_bad_row,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        err.add_note(f"while loading {label}: {spec.describe()}; map its columns with `columns`")
+        raise
+
+
 def load_pairs(
     spec: PairSource | Mapping[str, Any] | str,
     data_root: str | None = None,
@@ -152,20 +171,7 @@ def load_pairs(
     spec = as_pair_source(spec)
     label = spec.label(name)
     fmt, mapping = spec.row_format, spec.mapping
-    text_columns, _ = checked_columns(fmt, mapping)
-    try:
-        ds = load_source(
-            spec.source,
-            spec.read_columns(),
-            spec.split,
-            data_root,
-            text_columns=text_columns,
-            score_column=spec.score_column if spec.min_score is not None else None,
-            on_bad_row=on_bad_row,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        err.add_note(f"while loading {label}: {spec.describe()}; map its columns with `columns`")
-        raise
+    ds = _read(load_source, spec, label, data_root, on_bad_row)
     read = len(ds)
     steps = []
     keep = np.ones(read, dtype=bool)
@@ -216,20 +222,7 @@ def stream_pairs(
     fmt, mapping = spec.row_format, spec.mapping
     if not fmt.streamable:
         raise ValueError(f"{label}: format {fmt.name!r} cannot stream; use 'nli_entailment_pairs'")
-    text_columns, _ = checked_columns(fmt, mapping)
-    try:
-        ds = stream_source(
-            spec.source,
-            spec.read_columns(),
-            spec.split,
-            data_root,
-            text_columns=text_columns,
-            score_column=spec.score_column if spec.min_score is not None else None,
-            on_bad_row=on_bad_row,
-        )
-    except (ValueError, FileNotFoundError) as err:
-        err.add_note(f"while loading {label}: {spec.describe()}; map its columns with `columns`")
-        raise
+    ds = _read(stream_source, spec, label, data_root, on_bad_row)
     wanted = {c: set(v) if isinstance(v, list | tuple | set) else {v} for c, v in (spec.where or {}).items()}
     label_column = next((src for src, dst in mapping.items() if dst == "label"), None)
 

@@ -24,23 +24,20 @@ from transformers import PreTrainedTokenizerBase
 
 from lightembed.data.class_sampler import ClassBatchSampler
 from lightembed.data.collators import TEXT_FIELDS, PairCollator
-from lightembed.data.formats import FORMATS, STS_SCORE_RANGE, checked_columns, convert, format_named, to_fields
+from lightembed.data.formats import (
+    FORMATS,
+    STS_SCORE_RANGE,
+    FormatName,
+    checked_columns,
+    convert,
+    format_named,
+    to_fields,
+)
 from lightembed.data.samplers import EpochRandomSampler, LengthGroupedBatchSampler
 from lightembed.data.sources import load_source, row_locator
 from lightembed.data.sts_sets import STSEvaluation, STSSets
 
-TrainFormat = Literal[
-    "pairs",
-    "scored_pairs",
-    "triplets",
-    "nli_triplets",
-    "nli_scored_pairs",
-    "nli_entailment_pairs",
-    "labelled_texts",
-    "labelled_pairs",
-    "nli_labelled_pairs",
-    "nli_pairs",
-]
+TrainFormat = FormatName | Literal["nli_pairs"]
 """The row formats of :mod:`lightembed.data.formats`; ``nli_pairs`` is the deprecated name of ``nli_scored_pairs``."""
 
 
