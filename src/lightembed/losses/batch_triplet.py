@@ -7,6 +7,8 @@ triplets they keep, so they share one file and one helper.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,7 +18,7 @@ from lightembed.losses._distances import Distance, check_distance, class_ids, pa
 from lightembed.losses.base import EmbeddingLoss
 
 
-class _BatchTripletLoss(EmbeddingLoss):
+class _BatchTripletLoss(EmbeddingLoss, ABC):
     """Shared input handling: ``anchor (B, H)`` embeddings and ``labels (B,)`` class ids; no positive or negative."""
 
     def __init__(self, margin: float, distance: Distance) -> None:
@@ -24,6 +26,24 @@ class _BatchTripletLoss(EmbeddingLoss):
         check_distance(distance)
         self.margin = margin
         self.distance = distance
+
+    def forward(
+        self,
+        anchor: Tensor,
+        positive: Tensor | None = None,
+        negative: Tensor | None = None,
+        labels: Tensor | None = None,
+        *,
+        anchor_ids: Tensor | None = None,
+        positive_ids: Tensor | None = None,
+        negative_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
+        return self.triplet_loss(*self._masks(anchor, positive, negative, labels))
+
+    @abstractmethod
+    def triplet_loss(self, dist: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        """The loss from ``dist (B, B)`` and the positive/negative masks ``(B, B)``: what each variant keeps."""
 
     def _masks(
         self, anchor: Tensor, positive: Tensor | None, negative: Tensor | None, labels: Tensor | None
@@ -74,19 +94,8 @@ class BatchHardTripletLoss(_BatchTripletLoss):
     def __init__(self, margin: float = 5.0, distance: Distance = "euclidean") -> None:
         super().__init__(margin, distance)
 
-    def forward(
-        self,
-        anchor: Tensor,
-        positive: Tensor | None = None,
-        negative: Tensor | None = None,
-        labels: Tensor | None = None,
-        *,
-        anchor_ids: Tensor | None = None,
-        positive_ids: Tensor | None = None,
-        negative_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
-        hardest_pos, hardest_neg, valid = self._hardest(*self._masks(anchor, positive, negative, labels))
+    def triplet_loss(self, dist: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        hardest_pos, hardest_neg, valid = self._hardest(dist, pos, neg)
         return _mean_over(F.relu(hardest_pos - hardest_neg + self.margin), valid)
 
 
@@ -106,19 +115,8 @@ class BatchHardSoftMarginTripletLoss(_BatchTripletLoss):
     def __init__(self, distance: Distance = "euclidean") -> None:
         super().__init__(0.0, distance)
 
-    def forward(
-        self,
-        anchor: Tensor,
-        positive: Tensor | None = None,
-        negative: Tensor | None = None,
-        labels: Tensor | None = None,
-        *,
-        anchor_ids: Tensor | None = None,
-        positive_ids: Tensor | None = None,
-        negative_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
-        hardest_pos, hardest_neg, valid = self._hardest(*self._masks(anchor, positive, negative, labels))
+    def triplet_loss(self, dist: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+        hardest_pos, hardest_neg, valid = self._hardest(dist, pos, neg)
         return _mean_over(F.softplus(hardest_pos - hardest_neg), valid)
 
 
@@ -139,19 +137,7 @@ class BatchAllTripletLoss(_BatchTripletLoss):
     def __init__(self, margin: float = 5.0, distance: Distance = "euclidean") -> None:
         super().__init__(margin, distance)
 
-    def forward(
-        self,
-        anchor: Tensor,
-        positive: Tensor | None = None,
-        negative: Tensor | None = None,
-        labels: Tensor | None = None,
-        *,
-        anchor_ids: Tensor | None = None,
-        positive_ids: Tensor | None = None,
-        negative_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
-        dist, pos, neg = self._masks(anchor, positive, negative, labels)
+    def triplet_loss(self, dist: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         loss = F.relu(dist.unsqueeze(2) - dist.unsqueeze(1) + self.margin)  # (B, B, B) [i, j, k] = d_ij − d_ik + m
         loss = loss * (pos.unsqueeze(2) & neg.unsqueeze(1))  # (B, B, B) valid triplets only
         return loss.sum() / (loss > 1e-16).sum().clamp_min(1)
@@ -175,19 +161,7 @@ class BatchSemiHardTripletLoss(_BatchTripletLoss):
     def __init__(self, margin: float = 5.0, distance: Distance = "euclidean") -> None:
         super().__init__(margin, distance)
 
-    def forward(
-        self,
-        anchor: Tensor,
-        positive: Tensor | None = None,
-        negative: Tensor | None = None,
-        labels: Tensor | None = None,
-        *,
-        anchor_ids: Tensor | None = None,
-        positive_ids: Tensor | None = None,
-        negative_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``labels (B,)`` class ids; ids unused (the signature every loss has)."""
-        dist, pos, neg = self._masks(anchor, positive, negative, labels)
+    def triplet_loss(self, dist: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
         batch = dist.shape[0]
         # each row's negative distances in increasing order, non-negatives last (inf): a binary search then finds the
         # nearest negative beyond d_ij in O(B² log B) instead of a (B, B, B) comparison

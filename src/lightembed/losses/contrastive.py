@@ -56,10 +56,14 @@ class ContrastiveLoss(EmbeddingLoss):
         """Compute the loss: ``anchor (B, H)``, ``positive (B, H)``, ``labels (B,)`` 0/1; ids unused. Scalar."""
         labels = _pairs(anchor, positive, negative, labels, type(self).__name__)  # (B,)
         d = paired_distance(to_float(anchor), to_float(positive), self.distance)  # (B,)
+        return self.pair_loss(d, labels)
+
+    def pair_loss(self, d: Tensor, labels: Tensor) -> Tensor:
+        """The loss of the pairs' distances ``d (B,)`` with their 0/1 ``labels (B,)``."""
         return (0.5 * (labels * d.pow(2) + (1 - labels) * F.relu(self.margin - d).pow(2))).mean()
 
 
-class OnlineContrastiveLoss(EmbeddingLoss):
+class OnlineContrastiveLoss(ContrastiveLoss):
     """Online contrastive loss: :class:`ContrastiveLoss` on the hard pairs of the batch only (sentence-transformers'
     ``OnlineContrastiveLoss``; the loss of "Dimensionality Reduction by Learning an Invariant Mapping", Hadsell,
     Chopra and LeCun, 2006, with online hard-pair selection).
@@ -77,26 +81,8 @@ class OnlineContrastiveLoss(EmbeddingLoss):
         distance: ``"cosine"`` (``1 − cos``) or ``"euclidean"``.
     """
 
-    def __init__(self, margin: float = 0.5, distance: Distance = "cosine") -> None:
-        super().__init__()
-        check_distance(distance)
-        self.margin = margin
-        self.distance = distance
-
-    def forward(
-        self,
-        anchor: Tensor,
-        positive: Tensor,
-        negative: Tensor | None = None,
-        labels: Tensor | None = None,
-        *,
-        anchor_ids: Tensor | None = None,
-        positive_ids: Tensor | None = None,
-        negative_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Compute the loss: ``anchor (B, H)``, ``positive (B, H)``, ``labels (B,)`` 0/1; ids unused. Scalar."""
-        labels = _pairs(anchor, positive, negative, labels, type(self).__name__)  # (B,)
-        d = paired_distance(to_float(anchor), to_float(positive), self.distance)  # (B,)
+    def pair_loss(self, d: Tensor, labels: Tensor) -> Tensor:
+        """The loss of the hard pairs among ``d (B,)`` with their 0/1 ``labels (B,)``."""
         pos, neg = d[labels == 1], d[labels == 0]
         pos_threshold = neg.min() if len(neg) else pos.mean()
         neg_threshold = pos.max() if len(pos) else neg.mean()
