@@ -95,6 +95,39 @@ def test_class_batches_are_p_classes_times_k_examples_deterministic_per_seed_and
         ClassBatchSampler(labels, 3, 1)
 
 
+def test_class_batches_under_ddp_split_one_global_epoch_between_ranks():
+    labels = [i % 6 for i in range(100)]
+    reference = ClassBatchSampler(labels, 2, 3, seed=1)
+    everything = reference.global_batches(epoch=0)
+    ranks = [list(ClassBatchSampler(labels, 2, 3, seed=1, num_replicas=2, rank=r)) for r in range(2)]
+    usable = len(everything) - len(everything) % 2
+    assert ranks[0] == everything[0:usable:2] and ranks[1] == everything[1:usable:2]
+    assert len(ranks[0]) == len(ranks[1]) == len(ClassBatchSampler(labels, 2, 3, num_replicas=2, rank=0))
+    seen = [i for batches in ranks for batch in batches for i in batch]
+    assert len(seen) == len(set(seen))  # no row on two ranks
+
+
+def test_lightning_injects_its_distributed_sampler_and_advances_the_epoch_through_it():
+    """Under DDP Lightning re-creates the batch sampler with a DistributedSampler as ``sampler`` and then calls
+    ``set_epoch`` on that inner sampler only: the rank and the epoch must both come from it."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sampler_epoch
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+    labels = [i % 6 for i in range(100)]
+    with _replace_dunder_methods(BatchSampler):
+        loader = DataLoader(range(100), batch_sampler=ClassBatchSampler(labels, 2, 3, seed=4))
+    inner = DistributedSampler(range(100), num_replicas=2, rank=1, shuffle=True, seed=0)
+    updated = _update_dataloader(loader, inner)
+    sampler = updated.batch_sampler
+    assert isinstance(sampler, ClassBatchSampler) and sampler.sampler is inner
+    assert (sampler.num_replicas, sampler.rank, sampler.seed) == (2, 1, 4)
+    _set_sampler_epoch(updated, 3)
+    everything = ClassBatchSampler(labels, 2, 3, seed=4).global_batches(epoch=3)
+    assert list(sampler) == everything[1 : len(everything) - len(everything) % 2 : 2]
+    assert list(sampler) != ClassBatchSampler(labels, 2, 3, seed=4).global_batches(epoch=0)[1::2][: len(sampler)]
+
+
 def test_collator_takes_anchor_only_rows_with_a_label(tokenizer):
     batch = PairCollator(tokenizer, 16)([{"anchor": "a cat", "label": 2}, {"anchor": "a dog", "label": 0}])
     assert set(batch) == {"anchor", "anchor_ids", "label"}

@@ -260,7 +260,7 @@ class MultiDatasetBatchSampler(BatchSampler):
         self.seed = seed
         self.small_dataset = small_dataset
         self.epoch = 0
-        self.num_replicas, self.rank = _replicas(num_replicas, rank, sampler)
+        self.num_replicas, self.rank = replicas(num_replicas, rank, sampler)
         self._cache: tuple[int, list[np.ndarray]] | None = None
 
         self.small = [d for d, n in enumerate(sizes) if n < batch_size]
@@ -400,7 +400,9 @@ class MultiDatasetBatchSampler(BatchSampler):
         return batches
 
 
-def _replicas(num_replicas: int | None, rank: int | None, sampler: Sampler[int]) -> tuple[int, int]:
+def replicas(num_replicas: int | None, rank: int | None, sampler: Sampler[int]) -> tuple[int, int]:
+    """DDP world size and rank: the arguments, else an injected ``DistributedSampler``'s, else ``torch.distributed``'s
+    when initialised, else 1 and 0."""
     if num_replicas is None:
         num_replicas = getattr(sampler, "num_replicas", None)
     if rank is None:
