@@ -29,6 +29,7 @@ from lightembed.losses.cosine_similarity import CosineSimilarityLoss
 from lightembed.losses.gist import GISTEmbedLoss
 from lightembed.losses.in_batch import InBatchNegativesLoss
 from lightembed.losses.matryoshka import MatryoshkaLoss
+from lightembed.losses.matryoshka_2d import Matryoshka2dLoss
 from lightembed.losses.mega_batch_margin import MegaBatchMarginLoss
 from lightembed.losses.mntp import MNTPLoss
 from lightembed.losses.softmax import SoftmaxLoss
@@ -48,6 +49,7 @@ __all__ = [
     "GISTEmbedLoss",
     "InBatchNegativesLoss",
     "MNTPLoss",
+    "Matryoshka2dLoss",
     "MatryoshkaLoss",
     "MegaBatchMarginLoss",
     "OnlineContrastiveLoss",
