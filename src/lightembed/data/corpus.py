@@ -1,8 +1,9 @@
 """Unlabeled text for masked next-token prediction (MNTP) and unsupervised SimCSE.
 
 A corpus is one source (see :mod:`lightembed.data.sources`): a local ``.txt`` file with one text per line, a
-``.jsonl``/``.csv``/``.parquet`` file with a text column, or a Hub dataset such as ``wikitext:wikitext-103-raw-v1``
-or ``princeton-nlp/datasets-for-simcse``. Its texts are cleaned according to ``format``:
+``.jsonl``/``.csv``/``.parquet`` file with a text column, a Hub dataset such as ``wikitext:wikitext-103-raw-v1``, or
+one file of a Hub repo (``hf://datasets/princeton-nlp/datasets-for-simcse/wiki1m_for_simcse.txt``). With
+``streaming: true`` it is read lazily (:mod:`.article_stream`: Wikipedia-sized). Texts are cleaned by ``format``:
 
 - ``"lines"``: each line/row is stripped; blank rows are dropped.
 - ``"wikitext"``: raw WikiText as well: heading lines (`` = Title = ``, `` = = Section = = `` ...) are dropped too.
@@ -15,8 +16,8 @@ The ``objective`` decides how cleaned texts become training examples and batches
 ========= ================================================= ==========================================================
 objective training example                                  batch (see the collators in :mod:`.collators`)
 ========= ================================================= ==========================================================
-simcse    one cleaned line/row ("sentences"), truncated to   ``{"text": {"input_ids", "attention_mask"[,
-          ``max_length`` tokens by the collator              "token_type_ids"]}: (B, L), "text_ids": (B,)}``
+simcse    one cleaned line/row, or its sentences (option     ``{"text": {"input_ids", "attention_mask"[,
+          ``sentence_chars``), truncated by the collator     "token_type_ids"]}: (B, L), "text_ids": (B,)}``
 mntp      a block of exactly ``max_length`` tokens           ``{"input_ids", "attention_mask", "labels"}: (B,
           ("chunks", :func:`chunk_corpus`)                   max_length)``, masked by :class:`.MNTPCollator`
 ========= ================================================= ==========================================================
@@ -35,6 +36,7 @@ source, tokenizer and ``max_length`` reads the blocks from the cache instead of 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -48,6 +50,15 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lightembed.backbones import load_tokenizer
+from lightembed.data.article_stream import (
+    ArticleStream,
+    distributed_position,
+    is_hub_file,
+    open_rows,
+    read_hub_file,
+    special_tokens_around,
+    split_sentences,
+)
 from lightembed.data.collators import MNTPCollator, SentenceCollator
 from lightembed.data.formats import STS_SCORE_RANGE
 from lightembed.data.samplers import EpochRandomSampler
@@ -102,19 +113,19 @@ def read_wikitext_lines(path: str | Path) -> list[str]:
     return lines
 
 
-def special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    """The special token ids a tokenizer puts before and after a single text: ``([CLS], [SEP])`` for BERT,
-    ``([BOS], [])`` for Llama, ``([], [])`` for GPT-2."""
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    for start in range(len(full) - len(plain) + 1):
-        if full[start : start + len(plain)] == plain:
-            return list(full[:start]), list(full[start + len(plain) :])
-    raise ValueError(f"cannot locate the text between the special tokens of {type(tokenizer).__name__}: {full}")
+def row_texts(text: str | None, format: TextFormat, sentence_chars: tuple[int, int] | None) -> list[str]:
+    """The training texts of one row: the cleaned row (none if blank or a heading), or, with ``sentence_chars``
+    ``(min, max)``, its sentences of ``min`` to ``max`` characters (:func:`.article_stream.split_sentences`) taken
+    from its cleaned lines."""
+    if sentence_chars is None:
+        return clean_lines([text], format)
+    return split_sentences(clean_lines((text or "").splitlines(), format), *sentence_chars)
 
 
-def _clean_batch(batch: dict[str, list], column: str, format: TextFormat) -> dict[str, list[str]]:
-    return {"text": clean_lines(batch[column], format)}
+def _clean_batch(
+    batch: dict[str, list], column: str, format: TextFormat, sentence_chars: tuple[int, int] | None
+) -> dict[str, list[str]]:
+    return {"text": [t for text in batch[column] for t in row_texts(text, format, sentence_chars)]}
 
 
 def _tokenize_batch(batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]:
@@ -170,8 +181,9 @@ class CorpusDataModule(LightningDataModule):
 
     Args:
         train: training corpus: a local ``.txt`` (one text per line), ``.jsonl``/``.csv``/``.parquet`` with a
-            ``text_column``, a glob or directory, or a Hub id ``owner/name[:config]``
-            (``wikitext:wikitext-103-raw-v1``).
+            ``text_column``, a glob or directory, a Hub id ``owner/name[:config]`` (``wikitext:wikitext-103-raw-v1``,
+            ``wikimedia/wikipedia:20231101.en``), or one file of a Hub dataset repo
+            (``hf://datasets/princeton-nlp/datasets-for-simcse/wiki1m_for_simcse.txt``).
         objective: ``"simcse"``: one example per line/row, batches ``{"text", "text_ids"}``; ``"mntp"``: blocks of
             ``max_length`` tokens masked by :class:`~lightembed.data.collators.MNTPCollator`.
         format: how texts are cleaned: ``"lines"`` strips and drops blank rows, ``"wikitext"`` also drops raw
@@ -196,6 +208,13 @@ class CorpusDataModule(LightningDataModule):
         seed: seed of the training shuffle (fixed by seed and epoch) and of the validation masks.
         sts_score_range: inclusive bounds of the gold scores of the ``sts_val`` sets (default 0-5); a score outside
             is an error naming file and line. None accepts any finite score.
+        sentence_chars: ``simcse``: ``(min, max)``: split each row into sentences (paragraphs on newlines, then
+            end punctuation before a capital) and keep those of ``min`` to ``max`` characters, for article corpora
+            (Wikipedia); None keeps one example per cleaned row.
+        streaming: read ``train`` lazily (:mod:`lightembed.data.article_stream`): for corpora larger than memory;
+            examples are made on the fly, shuffled with buffers, split between DDP ranks and DataLoader workers.
+            Needs ``trainer.max_steps``. ``val`` and ``sts_val`` are still read into memory.
+        shuffle_buffer: ``streaming``: rows (and then examples) in each shuffle buffer; 0 reads in file order.
     """
 
     def __init__(
@@ -220,6 +239,9 @@ class CorpusDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         sts_score_range: tuple[float, float] | None = STS_SCORE_RANGE,
+        sentence_chars: tuple[int, int] | None = None,
+        streaming: bool = False,
+        shuffle_buffer: int = 10_000,
     ) -> None:
         super().__init__()
         if objective not in ("simcse", "mntp"):
@@ -235,6 +257,14 @@ class CorpusDataModule(LightningDataModule):
                 raise ValueError(f"{name} must be positive, got {value}")
         if max_samples is not None and max_samples < 1:
             raise ValueError(f"max_samples must be positive or None, got {max_samples}")
+        if sentence_chars is not None and (objective != "simcse" or not 1 <= sentence_chars[0] <= sentence_chars[1]):
+            raise ValueError(
+                f"sentence_chars must be (min, max) with 1 <= min <= max, for simcse; got {sentence_chars}"
+            )
+        if shuffle_buffer < 0:
+            raise ValueError(f"shuffle_buffer must be 0 (no shuffle) or positive, got {shuffle_buffer}")
+        if streaming and max_samples is not None:
+            raise ValueError("max_samples does not apply with streaming: bound the run with trainer.max_steps")
         MNTPCollator.check_options(mask_probability, mask_strategy)
         sts_val = dict(sts_val or {})
         if val is not None and TEXT_VAL_NAME in sts_val:
@@ -260,8 +290,11 @@ class CorpusDataModule(LightningDataModule):
         self.mask_token = mask_token
         self.num_workers = num_workers
         self.seed = seed
+        self.sentence_chars = None if sentence_chars is None else (int(sentence_chars[0]), int(sentence_chars[1]))
+        self.streaming = streaming
+        self.shuffle_buffer = shuffle_buffer
 
-        self.train_dataset: datasets.Dataset | None = None
+        self.train_dataset: datasets.Dataset | ArticleStream | None = None
         self.val_dataset: datasets.Dataset | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
 
@@ -300,33 +333,40 @@ class CorpusDataModule(LightningDataModule):
             self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer
 
+    def _read_text(self, source: str, split: str) -> tuple[datasets.Dataset, str]:
+        """Read the text column of one source into memory; returns it and the source's name for messages."""
+        if is_hub_file(source):
+            ds = read_hub_file(source, streaming=False)
+            if self.text_column not in ds.column_names:
+                raise ValueError(f"{source}: no column {self.text_column!r}; its columns are {ds.column_names}")
+            return ds.select_columns([self.text_column]), source
+        resolved = resolve_source(source, split, self.data_root)
+        if resolved.is_local and all(f.stat().st_size == 0 for f in resolved.files):
+            raise ValueError(f"{resolved.describe()} is empty")
+        return load_source(source, [self.text_column], split, self.data_root, text_columns=[]), resolved.describe()
+
     def _load_text(self, option: str, source: str, split: str) -> datasets.Dataset:
         """Read, clean and (for MNTP) chunk one text source."""
         try:
-            resolved = resolve_source(source, split, self.data_root)
-            if resolved.is_local and all(f.stat().st_size == 0 for f in resolved.files):
-                raise ValueError(f"{resolved.describe()} is empty")
-            ds = load_source(source, [self.text_column], split, self.data_root, text_columns=[])
+            ds, where = self._read_text(source, split)
             dtype = getattr(ds.features[self.text_column], "dtype", None)
             if dtype not in ("string", "large_string"):
-                raise ValueError(f"{resolved.describe()}: column {self.text_column!r} should hold text, not {dtype}")
+                raise ValueError(f"{where}: column {self.text_column!r} should hold text, not {dtype}")
             ds = ds.map(
                 _clean_batch,
                 batched=True,
                 remove_columns=ds.column_names,
-                fn_kwargs={"column": self.text_column, "format": self.format},
+                fn_kwargs={"column": self.text_column, "format": self.format, "sentence_chars": self.sentence_chars},
                 desc="Cleaning text",
             )
             if len(ds) == 0:
                 dropped = "blank lines and headings" if self.format == "wikitext" else "blank lines"
-                raise ValueError(
-                    f"{resolved.describe()}: no text left after dropping {dropped} (format={self.format!r})"
-                )
+                raise ValueError(f"{where}: no text left after dropping {dropped} (format={self.format!r})")
             if self.objective == "mntp":
                 ds = chunk_corpus(ds, self.tokenizer, self.max_length)
                 if len(ds) == 0:
                     raise ValueError(
-                        f"{resolved.describe()}: too little text for one block of max_length={self.max_length} "
+                        f"{where}: too little text for one block of max_length={self.max_length} "
                         "tokens; lower max_length or give more text"
                     )
         except (ValueError, FileNotFoundError) as err:
@@ -336,7 +376,9 @@ class CorpusDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the sources the stage needs (each once) and check the collator options against the tokenizer."""
-        if stage in (None, "fit") and self.train_dataset is None:
+        if stage in (None, "fit") and self.train_dataset is None and self.streaming:
+            self.train_dataset = self._stream_train()
+        elif stage in (None, "fit") and self.train_dataset is None:
             ds = self._load_text("train", self.train_source, self.train_split)
             if self.max_samples is not None and self.max_samples < len(ds):
                 ds = ds.select(range(self.max_samples))
@@ -346,6 +388,23 @@ class CorpusDataModule(LightningDataModule):
                 self.val_dataset = self._load_text("val", self.val_source, self.val_split)
             self.sts.setup("validate")
         self._collator(seed=None)  # fail at setup, not at the first batch, on a bad mask token
+
+    def _stream_train(self) -> ArticleStream:
+        trainer = self.trainer
+        if trainer is not None and trainer.max_steps == -1 and not isinstance(trainer.limit_train_batches, int):
+            raise ValueError("streaming: the number of training batches is unknown; set trainer.max_steps")
+        try:
+            rows = open_rows(self.train_source, self.text_column, self.train_split, self.data_root)
+        except (ValueError, FileNotFoundError) as err:
+            err.add_note(f"while streaming train={self.train_source!r} (split {self.train_split!r})")
+            raise
+        rank, world_size = distributed_position(trainer)
+        clean = functools.partial(row_texts, format=self.format, sentence_chars=self.sentence_chars)
+        tokenizer = self.tokenizer if self.objective == "mntp" else None
+        return ArticleStream(
+            rows, self.text_column, self.objective, clean, tokenizer, self.max_length, self.seed, self.shuffle_buffer,
+            rank, world_size,
+        )  # fmt: skip
 
     def _collator(self, seed: int | None) -> Any:
         if self.objective == "simcse":
@@ -359,6 +418,8 @@ class CorpusDataModule(LightningDataModule):
         if self.train_dataset is None:
             raise RuntimeError("call setup('fit') before asking for the training data")
         ds = self.train_dataset
+        if isinstance(ds, ArticleStream):  # ordered, shuffled and shared between ranks by the stream itself
+            return DataLoader(ds, batch_size=self.batch_size, collate_fn=self._collator(seed=None), **self._workers())
         sampler = EpochRandomSampler(len(ds), self.seed)
         return DataLoader(
             ds, batch_size=self.batch_size, sampler=sampler, collate_fn=self._collator(seed=None), **self._workers()
