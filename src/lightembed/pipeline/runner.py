@@ -24,6 +24,7 @@ from lightembed.encoder import SETTINGS_FILE
 from lightembed.fit import BACKBONE_OPTION, build_cli
 from lightembed.interrupts import Interrupted, interrupt_signal, received
 from lightembed.packaged import is_packaged
+from lightembed.pipeline.arms import SharedStages, run_arms, sts_record
 from lightembed.pipeline.inputs import describe_changes, folder_files, inputs_fingerprint, stage_inputs
 from lightembed.pipeline.lock import output_lock
 from lightembed.pipeline.manifest import Manifest, export_complete, export_problems, fingerprint_data, now
@@ -218,30 +219,10 @@ def _run_stage(argv: list[str], stage: str) -> Any:
 
 def _evaluate(spec: PipelineSpec, model: Path) -> dict[str, Any]:
     from lightembed.api import load_encoder
-    from lightembed.data.sources import source_fingerprint
-    from lightembed.evaluation.sts import evaluate_sts, format_table, parse_named_sources
 
-    ev = spec.evaluate
-    assert ev is not None
-    sources = parse_named_sources(list(ev.sts), ev.split)
-    encoder = load_encoder(str(model))
-    results = evaluate_sts(
-        encoder,
-        sources,
-        split=ev.split,
-        data_root=ev.data_root,
-        batch_size=ev.batch_size,
-        instruction=ev.instruction,
-    )
-    _say(f"pipeline {spec.name}: STS of {model}\n{format_table(results)}")
-    return {
-        "model": str(model),
-        "split": ev.split,
-        "instruction": ev.instruction,
-        "sts": {r.name: r.to_dict() for r in results},
-        "data": {name: source_fingerprint(src, ev.split, ev.data_root) for name, src in sources.items()},
-        "finished_at": now(),
-    }
+    assert spec.evaluate is not None
+    _say(f"pipeline {spec.name}: evaluating the final model")
+    return sts_record(spec.evaluate, load_encoder(str(model)), str(model))
 
 
 def run_pipeline(
@@ -262,13 +243,20 @@ def run_pipeline(
     if restart is not None and restart not in names:
         raise PipelineError(f"--restart {restart!r}: pipeline {spec.name!r} has no such stage; its stages: {names}")
     _input_model(spec, 0, None)  # a missing first input fails here, before the output folder is made
+
+    def run() -> dict:
+        if spec.arms:
+            return run_arms(spec, dry_run, restart, _run, _is_rank_zero())
+        return _run(spec, dry_run, restart)
+
     if dry_run or not _is_rank_zero():  # DDP ranks > 0 re-run the command while rank 0 holds the lock
-        return _run(spec, dry_run, restart)
+        return run()
     with output_lock(spec.output_dir):
-        return _run(spec, dry_run, restart)
+        return run()
 
 
-def _run(spec: PipelineSpec, dry_run: bool, restart: str | None) -> dict:
+def _run(spec: PipelineSpec, dry_run: bool, restart: str | None, shared: SharedStages | None = None) -> dict:
+    """The stage loop; ``shared`` (arms only) offers an earlier arm's export for a stage with the same inputs."""
     rank_zero = _is_rank_zero()
     manifest = Manifest(spec, write=rank_zero and not dry_run)
     commit = git_commit()
@@ -281,6 +269,19 @@ def _run(spec: PipelineSpec, dry_run: bool, restart: str | None) -> dict:
         run_dir = spec.output_dir / stage.name
         record = manifest.stage(stage.name)
         inputs = stage_inputs(spec, stage, input_model, stage_argv(spec, stage, input_model, previous_export))
+        fingerprint = inputs_fingerprint(inputs)
+        reused = shared and shared.reuse(stage.name, record, fingerprint, upstream_ran, stage.name == restart)
+        if reused:
+            record, fresh = reused
+            origin = "arm {arm}, stage {stage}".format(**record["reused_from"])
+            head = f"[{stage.name}] reuse" if dry_run else f"pipeline {spec.name}: stage {stage.name} reuses"
+            _say(f"{head} the export of {origin} (same inputs): {record['output']}")
+            if not dry_run:
+                manifest.data["stages"][stage.name] = record
+                manifest.data["evaluation"] = None
+                manifest.save()
+            previous_export, upstream_ran = Path(record["output"]), upstream_ran or fresh
+            continue
         plan = _plan(spec, stage, record, inputs, upstream_ran, stage.name == restart, dry_run or not rank_zero)
         action, ckpt = plan.action, plan.ckpt
         argv = stage_argv(spec, stage, input_model, previous_export, ckpt)
@@ -290,10 +291,15 @@ def _run(spec: PipelineSpec, dry_run: bool, restart: str | None) -> dict:
             _say(f"[{stage.name}] {action}{why}{note}\n  {shlex.join(['lightembed', *argv])}")
             previous_export = Path(record["output"]) if action == "skip" else run_dir / EXPORT_DIR
             upstream_ran |= action != "skip"
+            if shared is not None:
+                planned = {"output": str(previous_export), "run_dir": str(run_dir)}
+                shared.add(stage.name, fingerprint, record if action == "skip" else planned, action != "skip")
             continue
         if action == "skip":
             _say(f"pipeline {spec.name}: stage {stage.name} is done, skipping ({record['output']})")
             previous_export = Path(record["output"])
+            if shared is not None:
+                shared.add(stage.name, fingerprint, record, fresh=False)
             continue
         upstream_ran = True
         manifest.data["evaluation"] = None  # it described the old final model
@@ -308,7 +314,7 @@ def _run(spec: PipelineSpec, dry_run: bool, restart: str | None) -> dict:
             "output": None,
             "run_dir": str(run_dir),
             "argv": ["lightembed", *argv],
-            "fingerprint": inputs_fingerprint(inputs),
+            "fingerprint": fingerprint,
             "inputs": inputs,
             "resumed_from": str(ckpt) if ckpt else None,
             "attempts": record.get("attempts", 1) + 1 if ckpt else 1,
@@ -349,6 +355,8 @@ def _run(spec: PipelineSpec, dry_run: bool, restart: str | None) -> dict:
             finished_at=now(),
         )
         manifest.save()
+        if shared is not None:
+            shared.add(stage.name, fingerprint, record, fresh=True)
         _say(f"pipeline {spec.name}: stage {stage.name} done in {record['wall_time_s']:.1f} s -> {export}")
         previous_export = export
         del cli, trainer

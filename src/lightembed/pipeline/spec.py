@@ -15,7 +15,7 @@ import yaml
 from lightembed.fit import ADAPTER_INIT_OPTION, BACKBONE_OPTION
 
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_PIPELINE_KEYS = {"name", "output_dir", "model", "seed", "stages", "evaluate"}
+_PIPELINE_KEYS = {"name", "output_dir", "model", "seed", "stages", "arms", "evaluate"}
 _STAGE_KEYS = {"name", "configs", "args", "init_adapter_from_previous"}
 _EVALUATE_KEYS = {"sts", "data_root", "split", "batch_size", "instruction"}
 PINNED = (
@@ -27,6 +27,8 @@ PINNED = (
     "--ckpt_path",
 )
 """Stage arguments the pipeline sets itself (a stage's ``args`` may not)."""
+ARMS_DIR = "arms"
+"""Sub-folder of the output folder holding one linear run folder per arm (``arms/<arm>/``)."""
 INIT_FROM = f"--{ADAPTER_INIT_OPTION}"
 """Set to ``<previous export>/adapter`` for a stage with ``init_adapter_from_previous``."""
 
@@ -53,8 +55,16 @@ class EvaluateSpec:
 
 
 @dataclass(frozen=True)
+class ArmSpec:
+    """One arm of an ablation: a chain of stage names from the pool, run in order from the pipeline's ``model``."""
+
+    name: str
+    stages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
-    """A parsed pipeline file (see the module docstring)."""
+    """A parsed pipeline file (see the module docstring). With ``arms``, ``stages`` is the pool the arms draw from."""
 
     name: str
     model: str
@@ -63,10 +73,27 @@ class PipelineSpec:
     seed: int | None = None
     evaluate: EvaluateSpec | None = None
     source: Path | None = None
+    arms: tuple[ArmSpec, ...] = ()
 
 
 class PipelineError(ValueError):
     """A pipeline file or run folder that cannot be used as it is; the message names the file, stage or path."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (plain YAML keeps the last one silently: a
+    repeated arm or stage option would vanish)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _check_keys(mapping: Any, allowed: set[str], required: set[str], where: str) -> dict:
@@ -116,7 +143,7 @@ def _resolve_config(entry: str, pipeline_dir: Path, where: str) -> Path:
     raise PipelineError(f"{where}: config file {entry!r} not found; tried {[str(p) for p in tried]}")
 
 
-def _parse_stage(raw: Any, index: int, pipeline_dir: Path, seed_pinned: bool, where: str) -> StageSpec:
+def _parse_stage(raw: Any, index: int, pipeline_dir: Path, seed_pinned: bool, where: str, pool: bool) -> StageSpec:
     where = f"{where}: stages[{index}]"
     raw = _check_keys(raw, _STAGE_KEYS, {"name", "configs"}, where)
     name = _typed(raw["name"], str, f"{where}.name")
@@ -128,7 +155,7 @@ def _parse_stage(raw: Any, index: int, pipeline_dir: Path, seed_pinned: bool, wh
         raise PipelineError(f"{where}.configs: give at least one LightningCLI config file")
     args = _str_list(raw.get("args") or [], f"{where}.args")
     init_adapter = _typed(raw.get("init_adapter_from_previous", False), bool, f"{where}.init_adapter_from_previous")
-    if init_adapter and index == 0:
+    if init_adapter and index == 0 and not pool:  # an arm's first stage is checked with the arms
         raise PipelineError(f"{where}: init_adapter_from_previous is set but the first stage has no previous stage")
     pinned = PINNED + (("--seed_everything",) if seed_pinned else ()) + ((INIT_FROM,) if init_adapter else ())
     for arg in args:
@@ -145,7 +172,7 @@ def load_pipeline(path: str | Path, output_dir: str | Path | None = None) -> Pip
         raise FileNotFoundError(f"pipeline file {str(path)!r} does not exist")
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise PipelineError(f"{where}: not valid YAML: {err}") from err
     raw = _check_keys(raw, _PIPELINE_KEYS, {"name", "model", "stages"}, where)
@@ -158,11 +185,13 @@ def load_pipeline(path: str | Path, output_dir: str | Path | None = None) -> Pip
     if not stages_raw:
         raise PipelineError(f"{where}: stages is empty")
     pipeline_dir = path.resolve().parent
-    stages = tuple(_parse_stage(s, i, pipeline_dir, seed is not None, where) for i, s in enumerate(stages_raw))
+    pool = raw.get("arms") is not None
+    stages = tuple(_parse_stage(s, i, pipeline_dir, seed is not None, where, pool) for i, s in enumerate(stages_raw))
     names = [s.name for s in stages]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise PipelineError(f"{where}: stage names must be unique; repeated: {duplicates}")
+    arms = _parse_arms(raw["arms"], {s.name: s for s in stages}, where) if pool else ()
     evaluate = None
     if raw.get("evaluate") is not None:
         ev = _check_keys(raw["evaluate"], _EVALUATE_KEYS, {"sts"}, f"{where}: evaluate")
@@ -178,4 +207,46 @@ def load_pipeline(path: str | Path, output_dir: str | Path | None = None) -> Pip
         )
     out = output_dir or _typed(raw.get("output_dir"), str, f"{where}: output_dir", optional=True)
     out = Path(out or Path("checkpoints") / name).expanduser().resolve()
-    return PipelineSpec(name, model, stages, out, seed, evaluate, path.resolve())
+    return PipelineSpec(name, model, stages, out, seed, evaluate, path.resolve(), arms)
+
+
+def _parse_arms(raw: Any, pool: dict[str, StageSpec], where: str) -> tuple[ArmSpec, ...]:
+    """``arms: {arm: [stage, ...]}``: each arm a chain of distinct pool stages; every pool stage in some arm."""
+    where = f"{where}: arms"
+    _typed(raw, dict, where)
+    if not raw:
+        raise PipelineError(f"{where}: is empty; give at least one arm (arm name: [stage, ...]) or remove the key")
+    arms = []
+    for name, chain in raw.items():
+        if not isinstance(name, str) or not _STAGE_NAME.match(name):
+            raise PipelineError(f"{where}: arm name {name!r} is not a folder name (letters, digits, '.', '_', '-')")
+        chain = _str_list(chain, f"{where}.{name}") if chain is not None else ()
+        if not chain:
+            raise PipelineError(f"{where}.{name}: is empty; list the stages the arm runs, in order")
+        unknown = [s for s in chain if s not in pool]
+        if unknown:
+            raise PipelineError(f"{where}.{name}: unknown stage(s) {unknown}; the stages are {sorted(pool)}")
+        repeated = sorted({s for s in chain if chain.count(s) > 1})
+        if repeated:
+            raise PipelineError(f"{where}.{name}: stage(s) {repeated} appear twice; an arm runs each stage once")
+        if pool[chain[0]].init_adapter_from_previous:
+            raise PipelineError(
+                f"{where}.{name}: its first stage {chain[0]!r} sets init_adapter_from_previous but has no previous "
+                "stage in this arm"
+            )
+        same = [arm.name for arm in arms if arm.stages == chain]
+        if same:
+            raise PipelineError(f"{where}.{name}: runs the same stages as arm {same[0]!r}; remove one of them")
+        arms.append(ArmSpec(name, chain))
+    unused = sorted(set(pool) - {s for arm in arms for s in arm.stages})
+    if unused:
+        raise PipelineError(f"{where}: stage(s) {unused} are in no arm; add them to an arm or remove them")
+    return tuple(arms)
+
+
+def arm_pipeline(spec: PipelineSpec, arm: ArmSpec) -> PipelineSpec:
+    """The linear pipeline one arm runs: its stages from the pool, in ``<output_dir>/arms/<arm>``, no evaluation."""
+    pool = {s.name: s for s in spec.stages}
+    stages = tuple(pool[name] for name in arm.stages)
+    out = spec.output_dir / ARMS_DIR / arm.name
+    return PipelineSpec(f"{spec.name}.{arm.name}", spec.model, stages, out, spec.seed, None, spec.source)
