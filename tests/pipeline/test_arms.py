@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 import yaml
 
 from lightembed.cli import cli_main
-from lightembed.pipeline import PipelineError, load_pipeline, runner
+from lightembed.pipeline import PipelineError, SharedStages, load_pipeline, runner
 
 
 @pytest.fixture(autouse=True)
@@ -85,12 +86,15 @@ def test_arm_files_refuse_repeated_keys_and_an_adapter_hand_off_at_an_arm_start(
 
 
 def test_a_stage_shared_by_two_arms_trains_once_and_each_arm_is_scored(
-    write_arms, tiny_bert_dir, sts_file, tmp_path, fits
+    write_arms, tiny_bert_dir, sts_file, tmp_path, fits, capsys
 ):
     arms = {"long": ["s1", "s2"], "short": ["s1"], "direct": ["s2"]}
     path = write_arms(tmp_path / "p.yaml", tiny_bert_dir, sts_file, arms, evaluate={"sts": [f"tiny={sts_file}"]})
     out = tmp_path / "out"
     cli_main(["pipeline", str(path), "--output", str(out), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "arm short: s1\n" in printed and "[s1] reuse the export of arm long, stage s1" in printed
+    assert printed.count("[s1] run") == 1 and printed.count("[s2] run") == 2
     assert not out.exists()
 
     cli_main(["pipeline", str(path), "--output", str(out)])
@@ -158,3 +162,25 @@ def test_an_arm_reusing_a_stage_survives_the_original_being_moved_aside(
     assert fits[2:] == [str(out / "arms/first/s2"), str(out / "arms/second/s1")]
     second = json.loads((out / "arms/second/manifest.json").read_text())["stages"]["s1"]
     assert second.get("reused_from") is None and second["output"] == str(out / "arms/second/s1/export")
+
+
+def test_a_reused_record_is_offered_as_its_original(tmp_path):
+    """Arms reordered: the first arm holds a reuse record; a later arm still reuses the stage where it ran."""
+    export = tmp_path / "a" / "s1" / "export"
+    export.mkdir(parents=True)
+    (export / "lightembed.json").write_text("{}")
+    original = {"status": "done", "fingerprint": "f1", "output": str(export), "run_dir": str(export.parent)}
+    original["export_files"] = {"lightembed.json": hashlib.sha256(b"{}").hexdigest()}
+    shared = SharedStages(dry_run=False)
+    shared.arm = "b"
+    reuse_record = {**original, "reused_from": {"arm": "a", "stage": "s1", "run_dir": str(export.parent)}}
+    shared.add("s1", "f1", reuse_record, fresh=False)
+    shared.arm = "c"
+    found = shared.reuse("s1", {"status": "pending"}, "f1", upstream_ran=False, restart=False)
+    assert found is not None
+    record, fresh = found
+    assert record["reused_from"] == {"arm": "a", "stage": "s1", "run_dir": str(export.parent)} and not fresh
+    assert shared.reuse("s1", {"status": "pending"}, "f1", upstream_ran=False, restart=True) is None  # not fresh
+    assert shared.reuse("s1", {"status": "pending"}, "other", upstream_ran=False, restart=False) is None
+    (export / "lightembed.json").write_text('{"changed": 1}')  # a damaged original is not reused
+    assert shared.reuse("s1", {"status": "pending"}, "f1", upstream_ran=False, restart=False) is None

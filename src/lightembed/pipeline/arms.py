@@ -47,7 +47,11 @@ class SharedStages:
 
     def add(self, stage: str, fingerprint: str, record: Mapping[str, Any], fresh: bool) -> None:
         """Offer a finished (or, in a dry run, planned) stage of the current arm to the arms after it."""
-        if not record.get("reused_from"):  # the original is on offer already
+        origin = record.get("reused_from")
+        if origin:  # offered as the original, so that a reuse of a reuse still names where the stage ran
+            original = {k: v for k, v in record.items() if k not in ("reused_from", "reused_at")}
+            self._done.setdefault(fingerprint, _Done(origin["arm"], origin["stage"], original, fresh))
+        else:
             self._done.setdefault(fingerprint, _Done(self.arm, stage, dict(record), fresh))
 
     def reuse(
