@@ -22,7 +22,8 @@ Which data each loss trains on (a loss needs one row format, so the rows differ;
   measured on TREC's test split after training on its train split, which the other losses never see.
 
 Writes benchmarks/results/loss_table.json: ``{"steps", "batch_size", "seed", "losses": {name: {"data", "stsb_test",
-"trec_acc", "mr_acc", "train_seconds"}}, "env"}`` (``--only`` runs are printed, not written).
+"trec_acc", "mr_acc", "train_seconds"}}, "skipped", "env"}``. ``--only`` adds its rows to a results file of the same
+budget (a loss whose config arrived after the main run) and otherwise only prints them.
 """
 
 from __future__ import annotations
@@ -176,6 +177,19 @@ def format_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def add_rows(previous: dict | None, rows: dict[str, dict], budget: dict[str, int], commit: str | None) -> dict | None:
+    """``previous`` results with ``rows`` added (e.g. a loss whose config arrived after the main run), or None when
+    ``previous`` is missing or was run with another budget (steps, batch size, seed), whose rows would not compare.
+    ``env.added_later`` records the commit each added row ran at."""
+    if previous is None or any(previous.get(key) != value for key, value in budget.items()):
+        return None
+    merged = json.loads(json.dumps(previous))  # a copy
+    merged["losses"].update(rows)
+    merged["skipped"] = [name for name in merged.get("skipped", []) if name not in rows]
+    merged["env"].setdefault("added_later", {}).update(dict.fromkeys(rows, commit))
+    return merged
+
+
 def available(names: list[str]) -> tuple[list[str], list[str]]:
     """The names whose model config exists (and the untrained reference), and the others."""
     present = [n for n in names if n == UNTRAINED or model_config(n).exists()]
@@ -218,18 +232,15 @@ def main() -> None:
     total = time.perf_counter() - started
     print(f"\n{ns.steps} steps x batch {ns.batch_size}, seed {SEED}, {total:.0f}s in all")
     print(format_table(rows))
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else None
     if ns.only is not None:
+        previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else None
         budget = {"steps": ns.steps, "batch_size": ns.batch_size, "seed": SEED}
-        if previous is None or any(previous[key] != value for key, value in budget.items()):
+        merged = add_rows(previous, rows, budget, environment()["git_commit"])
+        if merged is None:
             print("(--only: not written; the results file holds another budget or none)")
             return
-        # rows added to a table of the same budget, e.g. a loss whose config arrived after the main run
-        previous["losses"].update(rows)
-        previous["skipped"] = [name for name in previous.get("skipped", []) if name not in rows]
-        previous["env"].setdefault("added_later", {}).update({name: environment()["git_commit"] for name in rows})
-        RESULTS.write_text(json.dumps(previous, indent=2) + "\n")
-        print(format_table(previous["losses"]))
+        RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+        print(format_table(merged["losses"]))
         print(f"added {', '.join(rows)} to {RESULTS}")
         return
     env = environment()

@@ -67,3 +67,14 @@ def test_table_is_sorted_by_stsb():
     }
     lines = loss_table.format_table(rows).splitlines()
     assert lines[2].startswith("| b |") and lines[3].startswith("| a |")
+
+
+def test_add_rows_only_to_a_table_of_the_same_budget():
+    budget = {"steps": 150, "batch_size": 32, "seed": 0}
+    previous = {**budget, "losses": {"angle": {"stsb_test": 1.0}}, "skipped": ["gist"], "env": {"git_commit": "a"}}
+    merged = loss_table.add_rows(previous, {"gist": {"stsb_test": 2.0}}, budget, "b")
+    assert merged["losses"] == {"angle": {"stsb_test": 1.0}, "gist": {"stsb_test": 2.0}}
+    assert merged["skipped"] == [] and merged["env"]["added_later"] == {"gist": "b"}
+    assert previous["losses"] == {"angle": {"stsb_test": 1.0}}  # the input is left alone
+    assert loss_table.add_rows(previous, {"gist": {}}, {**budget, "steps": 100}, "b") is None
+    assert loss_table.add_rows(None, {"gist": {}}, budget, "b") is None
