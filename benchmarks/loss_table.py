@@ -6,7 +6,8 @@ runs comparable: the seed, the number of optimizer steps, the batch size and the
 checkpoints, logger or export). Every run starts from the packaged all-MiniLM-L6-v2 and ends with its final weights,
 which are scored on STS-B test (Spearman x100 of the cosine) and on TREC and MR classification (SentEval's protocol
 as ``lightembed evaluate`` runs it: logistic regression on the frozen embeddings; TREC on its train/test split, MR by
-10-fold cross-validation). The untrained model is the reference row.
+10-fold cross-validation on a fixed stratified sample of ``--mr-rows`` texts, so that scoring each of the 15 models
+stays cheap). The untrained model is the reference row.
 
     python benchmarks/loss_table.py [--data-root ../shared/data] [--steps 150] [--batch-size 32] [--only angle ...]
 
