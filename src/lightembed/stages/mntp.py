@@ -34,12 +34,17 @@ class MNTPModule(EmbeddingModule):
 
     Args:
         encoder: the decoder backbone and how it is loaded and adapted.
+        head_positions: where the vocabulary projection is applied: ``"masked"`` only at the positions that predict
+            a masked token (the loss needs no other logits), ``"all"`` at every position as a causal LM head does
+            (the same loss and gradients at a higher cost; kept as the reference, see
+            :class:`~lightembed.losses.MNTPLoss`).
         optimizer, warmup_ratio, scheduler: see :class:`~lightembed.stages.base.EmbeddingModule`.
     """
 
     def __init__(
         self,
         encoder: EncoderSettings,
+        head_positions: Literal["masked", "all"] = "masked",
         optimizer: OptimizerCallable = default_optimizer,
         warmup_ratio: float = 0.1,
         scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear",
@@ -48,7 +53,7 @@ class MNTPModule(EmbeddingModule):
         if encoder.bidirectional is None:  # MNTP is how a decoder learns to use bidirectional attention
             encoder = dataclasses.replace(encoder, bidirectional=True)
         super().__init__(encoder, optimizer, warmup_ratio, scheduler)
-        self.loss = MNTPLoss()
+        self.loss = MNTPLoss(head_positions)
         self._untied_output: Tensor | None = None
 
     def configure_model(self) -> None:
