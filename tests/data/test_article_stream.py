@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import datasets
@@ -277,3 +279,76 @@ def test_hub_corpora_resolve_as_llm2vec_reads_them(fake_hub, minilm_path, source
     args, kwargs = expected
     assert fake_hub[0] == (args, {**kwargs, "streaming": streaming})
     assert texts == ["First text here. Second text here.", "Third text here."]  # blank row dropped
+
+
+# ------------------------------------------------------------ lightembed fit on the streamed shards
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fit(stage_config: str, *extra: str) -> None:
+    from lightembed.cli import cli_main
+
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/trainer/cpu.yaml"),
+            "--config",
+            str(ROOT / stage_config),
+            *extra,
+            "--trainer.max_steps",
+            "2",
+            "--trainer.max_epochs",
+            "-1",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.check_val_every_n_epoch",
+            "null",
+            "--trainer.val_check_interval",
+            "2",
+            "--trainer.precision",
+            "32-true",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage_config", "data_args"),
+    [
+        ("configs/stages/mntp_smollm2.yaml", ["--data.init_args.val", "null"]),
+        ("configs/stages/simcse_smollm2.yaml", ["--config", str(ROOT / "configs/data/wikipedia_stream.yaml")]),
+    ],
+    ids=["mntp", "simcse"],
+)
+def test_lightembed_fit_trains_on_streamed_shards(
+    shards, tiny_llama_dir, sts_file, tmp_path, monkeypatch, stage_config, data_args
+):
+    monkeypatch.chdir(tmp_path)
+    _fit(
+        stage_config,
+        *data_args,
+        "--model.init_args.encoder.backbone",
+        str(tiny_llama_dir),
+        "--model.init_args.encoder.max_length",
+        "16",
+        "--data.init_args.train",
+        shards,
+        "--data.init_args.format",
+        "lines",
+        "--data.init_args.streaming",
+        "true",
+        "--data.init_args.shuffle_buffer",
+        "8",
+        "--data.init_args.sts_val",
+        json.dumps({"tiny": str(sts_file)}),
+        "--data.init_args.batch_size",
+        "4",
+        "--trainer.logger.init_args.name",
+        "streamed",
+    )
+    run = tmp_path / "checkpoints" / "streamed" / "version_0"
+    assert (run / "export" / "lightembed.json").is_file()
+    assert [p.name for p in (run / "checkpoints").glob("best-*.ckpt")] == ["best-step=2.ckpt"]  # two steps ran
+    assert "streaming: true" in (run / "config.yaml").read_text()
