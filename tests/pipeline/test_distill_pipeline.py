@@ -4,6 +4,7 @@ distils a fixed teacher into it, cut to its first layer."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -15,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 COSENT = [ROOT / "configs/trainer/cpu.yaml", ROOT / "configs/model/cosent_minilm.yaml", ROOT / "configs/data/stsb.yaml"]
 
 
-def test_distillation_stage_follows_a_contrastive_stage(tiny_bert_dir, sts_file, tmp_path):
+def test_distillation_stage_follows_a_contrastive_stage(tiny_bert_dir, sts_file, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_bert_dir, teacher)
     sentences = tmp_path / "sentences.txt"
     sentences.write_text("\n".join(f"Line {i} says something about item {i % 4}." for i in range(12)) + "\n")
     quiet = [
@@ -37,7 +40,7 @@ def test_distillation_stage_follows_a_contrastive_stage(tiny_bert_dir, sts_file,
     distill_args = [
         "--model.init_args.encoder.max_length=32",
         "--model.init_args.encoder.layers=1",
-        f"--model.init_args.teacher={tiny_bert_dir}",
+        f"--model.init_args.teacher={teacher}",
         f"--model.init_args.cache_dir={tmp_path / 'teacher-cache'}",
         f"--data.init_args.train={sentences}",
         "--data.init_args.train_format=lines",
@@ -61,3 +64,13 @@ def test_distillation_stage_follows_a_contrastive_stage(tiny_bert_dir, sts_file,
     assert stages["distill"]["input_model"] == stages["cosent"]["output"]  # the student is stage 1's export
     student = Encoder.from_pretrained(stages["distill"]["output"])
     assert len(student.backbone.encoder.layer) == 1  # exported cut, as trained
+    assert stages["distill"]["inputs"]["teacher"]["files"]  # the teacher is an input by content
+
+    # new weights at the teacher's path: the distillation stage trains again, the contrastive one does not
+    (teacher / "config.json").write_text((teacher / "config.json").read_text().replace("}", ', "note": 1}', 1))
+    capsys.readouterr()
+    cli_main(["pipeline", str(path), "--output", str(out)])
+    again = json.loads((out / "manifest.json").read_text())["stages"]
+    assert again["cosent"]["fingerprint"] == stages["cosent"]["fingerprint"]
+    assert again["distill"]["fingerprint"] != stages["distill"]["fingerprint"]
+    assert "its teacher" in capsys.readouterr().out + capsys.readouterr().err

@@ -63,6 +63,7 @@ def write_config(tmp_path: Path, student: Path, teacher: Path, train: Path, **mo
         "trainer": {
             "accelerator": "cpu",
             "devices": 1,
+            "default_root_dir": str(tmp_path / "run"),  # LightningCLI saves config.yaml there, not in the cwd
             "precision": "32-true",
             "max_steps": 2,
             "limit_val_batches": 0,

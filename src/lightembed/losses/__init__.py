@@ -7,7 +7,8 @@ Every loss a stage's ``loss`` option takes subclasses :class:`.base.EmbeddingLos
 embedding), :mod:`.matryoshka` (any of them summed over embedding prefixes), and the classic table: :mod:`.contrastive`
 (contrastive and online contrastive on 0/1 pairs), :mod:`.cosine_similarity`, :mod:`.softmax` (Sentence-BERT's
 classifier, a head owned by the loss), :mod:`.triplet`, :mod:`.batch_triplet` (batch-hard, semi-hard, all and
-soft-margin on (text, label) batches), :mod:`.mega_batch_margin`, :mod:`.gist` (GISTEmbed, guide embeddings as inputs).
+soft-margin on (text, label) batches), :mod:`.mega_batch_margin`, :mod:`.gist` (GISTEmbed, guide embeddings as inputs),
+:mod:`.matryoshka_2d` (over layers and prefixes) and :mod:`.distillation` (MSE to a teacher's embeddings, MarginMSE).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lightembed.losses.batch_triplet import (
 from lightembed.losses.contrastive import ContrastiveLoss, OnlineContrastiveLoss
 from lightembed.losses.cosent import CoSENTLoss
 from lightembed.losses.cosine_similarity import CosineSimilarityLoss
+from lightembed.losses.distillation import EmbeddingMSELoss, MarginMSELoss
 from lightembed.losses.gist import GISTEmbedLoss
 from lightembed.losses.in_batch import InBatchNegativesLoss
 from lightembed.losses.matryoshka import MatryoshkaLoss
@@ -46,9 +48,11 @@ __all__ = [
     "ContrastiveLoss",
     "CosineSimilarityLoss",
     "EmbeddingLoss",
+    "EmbeddingMSELoss",
     "GISTEmbedLoss",
     "InBatchNegativesLoss",
     "MNTPLoss",
+    "MarginMSELoss",
     "Matryoshka2dLoss",
     "MatryoshkaLoss",
     "MegaBatchMarginLoss",

@@ -88,7 +88,7 @@ def _hub_revision(repo_id: str) -> str | None:
 def stage_inputs(spec: PipelineSpec, stage: StageSpec, input_model: str, argv: Sequence[str]) -> dict[str, Any]:
     """Everything that decides the stage's result, by content; ``argv`` is the stage's ``fit`` command."""
     config = parse_stage_config([a for a in argv[1:] if not a.startswith("--ckpt_path")], stage.name)
-    return {
+    inputs = {
         "configs": {str(c): yaml.safe_load(c.read_text()) for c in stage.configs},  # parsed: comments do not count
         "args": list(stage.args),
         "init_adapter_from_previous": stage.init_adapter_from_previous,
@@ -96,6 +96,10 @@ def stage_inputs(spec: PipelineSpec, stage: StageSpec, input_model: str, argv: S
         "model": model_record(input_model),
         "data": _data_hashes(fingerprint_data(config)),
     }
+    teacher = ((config.get("model") or {}).get("init_args") or {}).get("teacher")
+    if isinstance(teacher, str):  # a distillation stage learns from a second model: new weights at its path count
+        inputs["teacher"] = model_record(teacher)  # only then, so other stages' fingerprints stay as recorded
+    return inputs
 
 
 def _data_hashes(found: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,6 +145,8 @@ def describe_changes(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> l
         )
         what = f"files {', '.join(files[:5])}" if files else "revision"
         changes.append(f"the content of its input model {new_model.get('model')} ({what})")
+    if old.get("teacher") != new.get("teacher"):
+        changes.append(f"its teacher {(new.get('teacher') or old.get('teacher') or {}).get('model')}")
     old_data, new_data = old.get("data") or {}, new.get("data") or {}
     for name in sorted(set(old_data) | set(new_data)):
         if old_data.get(name) != new_data.get(name):
