@@ -26,6 +26,7 @@ from peft import PeftModel
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lightembed.attention_kernels import check_attention_kernel, use_attention_kernel
 from lightembed.backbones import load_backbone, load_tokenizer, resolve_model_path
 from lightembed.data.batches import Features
 from lightembed.data.collators import PairCollator
@@ -88,6 +89,7 @@ class EncoderSettings:
         truncate_dim: ``encode`` (and an export) keeps the first ``d`` dimensions, normalised after truncation when
             ``normalize`` is on (Matryoshka; ``None``: all). The training forward is not truncated.
         layers: run only the first ``k`` transformer layers; the others are removed on loading (``None``: all).
+        attention_kernel: SDPA kernel on CPU, ``auto``, ``flash`` or ``math`` (:mod:`lightembed.attention_kernels`).
     """
 
     backbone: str = "packaged:all-MiniLM-L6-v2"
@@ -102,6 +104,7 @@ class EncoderSettings:
     quantization: Literal["none", "4bit"] = "none"
     truncate_dim: int | None = None
     layers: int | None = None
+    attention_kernel: Literal["auto", "flash", "math"] = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, Mapping):  # from YAML or a checkpoint's plain hyperparameters
@@ -114,6 +117,7 @@ class EncoderSettings:
             raise ValueError(f"encoder.max_length must be >= 1, got {self.max_length}")
         check_truncate_dim(self.truncate_dim, option="encoder.truncate_dim")
         check_layers(self.layers, option="encoder.layers")
+        check_attention_kernel(self.attention_kernel)
         if self.quantization != "none" and self.dropout is not None:
             raise ValueError("`encoder.dropout` is not supported with `quantization` yet: leave it unset for QLoRA")
         if self.quantization != "none" and self.lora is None:
@@ -204,6 +208,7 @@ class Encoder(nn.Module):
         if s.layers is not None:  # before LoRA, so no adapter is made for the layers removed
             keep_first_layers(backbone, s.layers, option="encoder.layers")
         check_truncate_dim(s.truncate_dim, backbone.config.hidden_size, option="encoder.truncate_dim")
+        use_attention_kernel(backbone, s.attention_kernel)
         self.backbone = apply_lora(backbone, s.lora) if s.lora is not None else backbone
         self.backbone.train(self.training)  # from_pretrained returns eval mode; dropout must follow the module
         if s.gradient_checkpointing:

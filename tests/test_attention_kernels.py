@@ -1,0 +1,67 @@
+"""encoder.attention_kernel: the CPU SDPA kernel choice changes speed, not outputs."""
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend
+
+from lightembed import attention_kernels
+from lightembed.attention_kernels import ATTENTION_NAME, MATH_MAX_LENGTH, check_attention_kernel
+from lightembed.encoder import Encoder, EncoderSettings
+
+
+def _features(length: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    ids = torch.randint(1000, 2000, (3, length))
+    mask = torch.ones(3, length, dtype=torch.long)
+    mask[1, length // 2 :] = 0  # padding: the masked attention path
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_every_kernel_gives_the_same_embeddings(family, tiny_llama_dir, tiny_bert_dir):
+    folder = str(tiny_llama_dir if family == "llama" else tiny_bert_dir)
+    extra = {"bidirectional": True} if family == "llama" else {}
+    outputs = {}
+    for kernel in ("flash", "math", "auto"):
+        encoder = Encoder(EncoderSettings(backbone=folder, attention_kernel=kernel, **extra)).eval()
+        encoder.build()
+        implementation = encoder.backbone.config._attn_implementation
+        assert implementation == ("sdpa" if kernel == "flash" else ATTENTION_NAME)
+        with torch.no_grad():
+            outputs[kernel] = encoder(_features(24))
+    torch.testing.assert_close(outputs["math"], outputs["flash"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outputs["auto"], outputs["flash"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "length", "math"),
+    [("auto", 16, True), ("auto", MATH_MAX_LENGTH + 8, False), ("math", MATH_MAX_LENGTH + 8, True)],
+)
+def test_auto_runs_math_up_to_the_threshold(kernel, length, math, tiny_llama_dir, monkeypatch):
+    chosen = []
+    original = attention_kernels.sdpa_kernel
+
+    def spy(backends):
+        chosen.append(list(backends))
+        return original(backends)
+
+    monkeypatch.setattr(attention_kernels, "sdpa_kernel", spy)
+    encoder = Encoder(EncoderSettings(backbone=str(tiny_llama_dir), attention_kernel=kernel, max_length=256)).eval()
+    with torch.no_grad():
+        encoder(_features(length))
+    assert chosen == ([[SDPBackend.MATH]] * 2 if math else [])  # one per layer (2 layers)
+
+
+def test_lora_backbone_gets_the_kernel_too(tiny_llama_dir):
+    from lightembed.lora import LoRASettings
+
+    encoder = Encoder(EncoderSettings(backbone=str(tiny_llama_dir), attention_kernel="math", lora=LoRASettings(r=2)))
+    encoder.build()
+    assert encoder.backbone.get_base_model().config._attn_implementation == ATTENTION_NAME
+
+
+def test_an_unknown_kernel_names_the_option():
+    with pytest.raises(ValueError, match="encoder.attention_kernel"):
+        EncoderSettings(attention_kernel="fast")
+    with pytest.raises(ValueError, match="option `x`"):
+        check_attention_kernel("flash2", option="x")
