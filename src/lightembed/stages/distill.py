@@ -139,7 +139,7 @@ class DistillationModule(EmbeddingModule):
             return
         datamodule = self.trainer.datamodule
         if not (hasattr(datamodule, "teacher_texts") and hasattr(datamodule, "set_teacher")):
-            raise TypeError(
+            raise ValueError(
                 f"DistillationModule needs a data module that carries teacher embeddings "
                 f"(lightembed.data.distill.DistillationDataModule), got {type(datamodule).__name__}"
             )
