@@ -9,15 +9,20 @@ FLOPs per step counted by ``torch.utils.flop_counter`` on one of the same steps 
 and attention call as executed, forward and backward), achieved FLOP/s and utilisation = achieved / the machine's
 2048x2048 matmul peak in the precision used (measured here on the same threads).
 
-Variants side by side, in one run: MNTP with the LM head at every position (``head_positions="all"``, the causal-LM
-way) and at the masked positions only (``"masked"``); SimCSE as configured; supervised with and without
-``length_chunking``. ``--profile`` prints torch.profiler's top operators for one step of each variant.
+Variants side by side, in one run: each stage as shipped (LoRA's input dropout is ``lightembed.lora.FastDropout``,
+``encoder.attention_kernel: auto``) and as before both (``nn.Dropout`` and torch's own SDPA kernel choice,
+``attention_kernel: flash``: the ``_old`` rows); MNTP with the LM head at every position (``head_positions="all"``)
+and at the masked positions only (``"masked"``); supervised with and without ``length_chunking``; and a prototype not
+shipped: frozen LoRA base weights kept in bf16 under bf16 autocast (``_bf16_base``). Before the stages, the SDPA
+kernels alone (one SmolLM2 attention layer's shapes, forward and backward, bf16) at several sequence lengths: where
+the math kernel stops beating flash is ``lightembed.attention_kernels.MATH_MAX_LENGTH``.
+``--profile`` prints torch.profiler's top operators for one step of each variant.
 
     python benchmarks/decoder_throughput.py [--data-root ../shared/data] [--steps 4] [--precision auto] [--profile]
 
 Writes benchmarks/results/decoder_throughput.json: ``{"runs": {variant: {...}}, "utilisation": {"mntp", "simcse",
-"supervised"}, "peak_flops": {"float32", "bfloat16"}, "precision", "env"}``; ``utilisation`` holds each stage's
-configured (default) variant.
+"supervised"}, "attention_kernels": {"BxL": {"math_ms", "flash_ms"}}, "peak_flops": {"float32", "bfloat16"},
+"precision", "env"}``; ``utilisation`` holds each stage's shipped (configured) variant.
 """
 
 from __future__ import annotations
@@ -45,9 +50,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _flops import count_flops, matmul_peak, utilisation  # noqa: E402
+from lightembed.attention_kernels import MATH_MAX_LENGTH  # noqa: E402
 from lightembed.data import CorpusDataModule, PairDataModule  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
 from lightembed.encoder import EncoderSettings  # noqa: E402
+from lightembed.lora import FastDropout  # noqa: E402
 from lightembed.losses import InBatchNegativesLoss  # noqa: E402
 from lightembed.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
 from lightembed.stages import ContrastiveModule, MNTPModule, SimCSEModule  # noqa: E402
@@ -65,9 +72,10 @@ def stage_config(name: str) -> dict[str, Any]:
 def build_stage(name: str, overrides: dict[str, Any]) -> tuple[L.LightningModule, L.LightningDataModule, float]:
     """The stage, its data module and learning rate as ``configs/stages/<name>_smollm2.yaml`` sets them."""
     config = stage_config(name)
-    model_args = {**config["model"]["init_args"], **overrides}
+    model_args = {**config["model"]["init_args"], **{k: v for k, v in overrides.items() if k != "encoder"}}
     data_args = dict(config["data"]["init_args"])
-    encoder = EncoderSettings(**model_args.pop("encoder"))
+    encoder = EncoderSettings(**{**model_args.pop("encoder"), **overrides.get("encoder", {})})
+    model_args.pop("encoder", None)
     lr = model_args.pop("optimizer")["init_args"]["lr"]
     model_args.pop("warmup_ratio", None)
     if "loss" in model_args:
@@ -104,51 +112,54 @@ def autocast(precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-class FastDropout(torch.nn.Module):
-    """Prototype: inverted dropout whose keep mask is read from 16-bit slices of 48-bit random words.
-
-    ``bernoulli_`` draws one random number per element, and torch's CPU generator is slow enough that LoRA's input
-    dropout is a large share of a step; three 16-bit slices per draw need a third of the draws. A kept element has
-    probability ``1 - round(p * 65536) / 65536``.
-    """
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-        self.threshold = round(p * 65536) - 32768  # int16 slice >= threshold: kept
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        n = x.numel()
-        words = torch.empty((n + 2) // 3, dtype=torch.int64, device=x.device).random_(0, 2**48)
-        slices = words.view(torch.int16).view(-1, 4)[:, :3].reshape(-1)[:n]  # (n,): the low 48 bits, little-endian
-        keep = (slices >= self.threshold).view(x.shape)
-        return x * keep / (1 - self.p)
-
-
-def apply_proposals(module: L.LightningModule, precision: str) -> None:
-    """Prototypes of changes outside the stages, measured here: fast LoRA dropout and bf16 frozen LoRA bases."""
+def plain_dropout(module: L.LightningModule) -> None:
+    """The old LoRA input dropout: ``nn.Dropout`` (``bernoulli_``) instead of :class:`FastDropout`."""
     for layer in module.backbone.modules():
         dropouts = getattr(layer, "lora_dropout", None)
         if isinstance(dropouts, torch.nn.ModuleDict):
             for name, dropout in dropouts.items():
-                if isinstance(dropout, torch.nn.Dropout):
-                    dropouts[name] = FastDropout(dropout.p)
+                if isinstance(dropout, FastDropout):
+                    dropouts[name] = torch.nn.Dropout(dropout.p).train(dropout.training)
+
+
+def bf16_base(module: L.LightningModule) -> None:
+    """Prototype: frozen LoRA base weights in bf16 (autocast casts them to bf16 for every matmul anyway)."""
+    for layer in module.backbone.modules():
         base = getattr(layer, "base_layer", None)
-        if precision.startswith("bf16") and isinstance(base, torch.nn.Linear) and not base.weight.requires_grad:
-            base.to(torch.bfloat16)  # autocast casts it to bf16 for every matmul anyway: the same products, no cast
+        if isinstance(base, torch.nn.Linear) and not base.weight.requires_grad:
+            base.to(torch.bfloat16)
 
 
-def step_fn(
-    module: L.LightningModule, optimizer: torch.optim.Optimizer, precision: str, attention: str
-) -> Callable[[Any, int], None]:
+def attention_crossover(threads: int, reps: int = 5) -> dict[str, dict[str, float]]:
+    """Median ms of one SDPA forward + backward (SmolLM2-135M: 9 heads of 64, bf16, a padded row) per kernel."""
+    import torch.nn.functional as F
+
+    result = {}
+    for batch, length in [(32, 32), (16, 64), (8, 128), (6, 160), (5, 192), (4, 256), (2, 512)]:
+        row = {}
+        for kernel, backend in (("math", SDPBackend.MATH), ("flash", SDPBackend.FLASH_ATTENTION)):
+            q, k, v = (torch.randn(batch, 9, length, 64, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+            mask = torch.ones(batch, 1, length, length, dtype=torch.bool)  # (B, 1, L, L)
+            mask[0, ..., length // 2 :] = False
+            times = []
+            for _ in range(reps + 1):
+                start = time.perf_counter()
+                with sdpa_kernel([backend]):
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                out.sum().backward()
+                times.append(time.perf_counter() - start)
+            row[f"{kernel}_ms"] = round(statistics.median(times[1:]) * 1e3, 2)
+        result[f"{batch}x{length}"] = row
+        print(f"SDPA {batch}x{length}: {row}", flush=True)
+    return result
+
+
+def step_fn(module: L.LightningModule, optimizer: torch.optim.Optimizer, precision: str) -> Callable[[Any, int], None]:
     """One training step as Lightning runs it: training_step under autocast, backward, clip, optimizer step."""
     parameters = [p for p in module.parameters() if p.requires_grad]
 
     def step(batch: Any, index: int) -> None:
-        kernel = sdpa_kernel([SDPBackend.MATH]) if attention == "math" else contextlib.nullcontext()
-        with autocast(precision), kernel:
+        with autocast(precision):
             loss = module.training_step(batch, index)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, CLIP)
@@ -161,7 +172,7 @@ def step_fn(
 def measure(
     name: str,
     overrides: dict[str, Any],
-    proposed: bool,
+    mode: str,
     steps: int,
     warmup: int,
     precision: str,
@@ -172,11 +183,13 @@ def measure(
     module, data, lr = build_stage(name, overrides)
     module.configure_model()
     module.train()
-    if proposed:
-        apply_proposals(module, precision)
+    if mode == "old":
+        plain_dropout(module)
+    if mode == "bf16_base" and precision.startswith("bf16"):
+        bf16_base(module)
     trainable = [p for p in module.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0, fused=True)
-    step = step_fn(module, optimizer, precision, "math" if proposed else "default")
+    step = step_fn(module, optimizer, precision)
     train = batches(data, warmup + steps)
     for index, batch in enumerate(train[:warmup]):
         step(batch, index)
@@ -202,22 +215,26 @@ def measure(
         "utilisation": round(utilisation(total_flops, total_seconds, peak), 4),
         "steps": steps,
         "overrides": overrides,
-        "proposed": proposed,
+        "mode": mode,
     }
 
 
-# (variant, stage, constructor overrides, proposed); the first variant of each stage is its configured one.
-# proposed: the prototypes of apply_proposals plus the math SDPA kernel (faster than the CPU flash kernel at these
-# short, padded sequences); not what the stages run today.
-VARIANTS: list[tuple[str, str, dict[str, Any], bool]] = [
-    ("mntp_masked_head", "mntp", {"head_positions": "masked"}, False),
-    ("mntp_full_head", "mntp", {"head_positions": "all"}, False),
-    ("mntp_masked_head_proposed", "mntp", {"head_positions": "masked"}, True),
-    ("simcse", "simcse", {}, False),
-    ("simcse_proposed", "simcse", {}, True),
-    ("supervised", "supervised", {"length_chunking": None}, False),
-    ("supervised_length_chunked", "supervised", {"length_chunking": 64.0}, False),
-    ("supervised_proposed", "supervised", {"length_chunking": None}, True),
+# (variant, stage, constructor overrides, mode); the first variant of each stage is its shipped (configured) one.
+# mode "shipped": as the stage runs; "old": nn.Dropout for LoRA and ``attention_kernel: flash`` (torch's choice), the
+# stage before FastDropout and the kernel option; "bf16_base": shipped plus the bf16 frozen base prototype.
+OLD = {"encoder": {"attention_kernel": "flash"}}
+VARIANTS: list[tuple[str, str, dict[str, Any], str]] = [
+    ("mntp_masked_head", "mntp", {"head_positions": "masked"}, "shipped"),
+    ("mntp_masked_head_old", "mntp", {"head_positions": "masked", **OLD}, "old"),
+    ("mntp_full_head", "mntp", {"head_positions": "all"}, "shipped"),
+    ("mntp_masked_head_bf16_base", "mntp", {"head_positions": "masked"}, "bf16_base"),
+    ("simcse", "simcse", {}, "shipped"),
+    ("simcse_old", "simcse", OLD, "old"),
+    ("simcse_bf16_base", "simcse", {}, "bf16_base"),
+    ("supervised", "supervised", {}, "shipped"),
+    ("supervised_old", "supervised", OLD, "old"),
+    ("supervised_no_length_chunking", "supervised", {"length_chunking": None}, "shipped"),
+    ("supervised_bf16_base", "supervised", {}, "bf16_base"),
 ]
 
 
@@ -255,12 +272,13 @@ def main() -> None:
     )
 
     runs: dict[str, dict[str, Any]] = {}
-    for variant, stage, overrides, proposed in VARIANTS:
+    kernels = attention_crossover(ns.threads) if not ns.only else {}
+    for variant, stage, overrides, mode in VARIANTS:
         if ns.only and variant not in ns.only:
             continue
         start = time.perf_counter()
         options = (ns.steps, ns.warmup, precision, peak, ns.profile)
-        runs[variant] = {"stage": stage, **measure(stage, overrides, proposed, *options)}
+        runs[variant] = {"stage": stage, **measure(stage, overrides, mode, *options)}
         print(f"{variant}: {runs[variant]} ({time.perf_counter() - start:.0f} s)", flush=True)
 
     print("\n| variant | s/step | throughput | GFLOP/step | achieved GFLOP/s | utilisation |")
@@ -277,6 +295,17 @@ def main() -> None:
     result = {
         "runs": runs,
         "utilisation": configured,
+        "speedup_over_old": {
+            stage: round(runs[stage]["units_per_s"] / runs[f"{stage}_old"]["units_per_s"], 3)
+            for stage in ("simcse", "supervised")
+            if stage in runs and f"{stage}_old" in runs
+        }
+        | (
+            {"mntp": round(runs["mntp_masked_head"]["units_per_s"] / runs["mntp_masked_head_old"]["units_per_s"], 3)}
+            if "mntp_masked_head" in runs and "mntp_masked_head_old" in runs
+            else {}
+        ),
+        "attention_kernels": {"math_max_length": MATH_MAX_LENGTH, "fwd_bwd": kernels},
         "peak_flops": {k: round(v) for k, v in peaks.items()},
         "precision": precision,
         "env": {
