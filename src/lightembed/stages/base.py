@@ -30,7 +30,7 @@ from lightembed.encoder import (
     fill_frozen_weights,
 )
 from lightembed.stages import checks
-from lightembed.stages.batch_embedding import BatchEmbedding, LossFn, PlainEmbedding
+from lightembed.stages.batch_embedding import BatchEmbedding, Embed, LossFn, PlainEmbedding
 from lightembed.stages.optim import (
     decay_groups,
     default_optimizer,
@@ -161,8 +161,11 @@ class EmbeddingModule(L.LightningModule):
         return summary
 
     # --------------------------------------------------------- contrastive step
-    def embed_and_loss(self, fields: Mapping[str, Features], loss_fn: LossFn, batch_idx: int = 0) -> Tensor:
+    def embed_and_loss(
+        self, fields: Mapping[str, Features], loss_fn: LossFn, batch_idx: int = 0, embed: Embed | None = None
+    ) -> Tensor:
         """Embed each field (``{"anchor": features, ...}``) with the stage's batch embedding; ``loss_fn`` of them.
+        ``embed`` replaces :meth:`embed` for this step (e.g. per-layer embeddings ``(B, K, H)``).
 
         GradCache accumulates all but the last micro-batch's gradients inside this call, so the trainer's zero-grad
         for this step is done before them (see :meth:`optimizer_zero_grad`).
@@ -178,7 +181,8 @@ class EmbeddingModule(L.LightningModule):
                 self._grads_from_step = True
         loss = getattr(self, "loss", None)
         parameters = [p for p in loss.parameters() if p.requires_grad] if isinstance(loss, nn.Module) else []
-        return self.batch_embedding(self.embed, fields, loss_fn, grad_scale=grad_scale, parameters=parameters)
+        embed = embed or self.embed
+        return self.batch_embedding(embed, fields, loss_fn, grad_scale=grad_scale, parameters=parameters)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
         """Zero the gradients, unless a GradCache step already did and accumulated part of this step's gradients."""

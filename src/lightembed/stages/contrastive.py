@@ -84,7 +84,6 @@ class ContrastiveModule(EmbeddingModule):
                 "not take: wrap it in lightembed.losses.Matryoshka2dLoss"
             )
         self.pool_layers = list(pool_layers) if pool_layers is not None else None
-        self._embedding_layers = False  # True inside a training step with pool_layers: `embed` gives (B, K, H)
         guide = EncoderSettings.of(guide) if guide is not None else None
         if guide is not None and (guide.lora is not None or guide.quantization != "none"):
             raise ValueError("the guide is frozen: leave `guide.lora` and `guide.quantization` unset")
@@ -109,12 +108,11 @@ class ContrastiveModule(EmbeddingModule):
             guide.eval().requires_grad_(False)
             self._retokenize_for_guide = guide.tokenizer.get_vocab() != self.tokenizer.get_vocab()
 
-    def embed(self, features: Features) -> Tensor:
-        """``(B, H)`` embeddings; inside a training step with ``pool_layers``, ``(B, K, H)``: one per pooled layer."""
-        if self._embedding_layers:
-            self.configure_model()
-            return pool_layers(self.encoder, features, self.pool_layers)
-        return super().embed(features)
+    def embed_layers(self, features: Features) -> Tensor:
+        """``(B, K, H)``: the pooled output of each of ``pool_layers``, from one forward pass (training only:
+        validation, ``encode`` and export use :meth:`embed`, the full model's ``(B, H)``)."""
+        self.configure_model()
+        return pool_layers(self.encoder, features, self.pool_layers)
 
     @torch.no_grad()
     def guide_embed(self, features: Features) -> Tensor:
@@ -156,10 +154,7 @@ class ContrastiveModule(EmbeddingModule):
                 **guided,  # the guide's (B, G) embeddings of each field, for GISTEmbed
             )
 
-        self._embedding_layers = self.pool_layers is not None
-        try:
-            loss = self.embed_and_loss(fields, loss_fn, batch_idx)
-        finally:
-            self._embedding_layers = False
+        embed = self.embed_layers if self.pool_layers is not None else None
+        loss = self.embed_and_loss(fields, loss_fn, batch_idx, embed=embed)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["anchor"]["input_ids"].shape[0])
         return loss
