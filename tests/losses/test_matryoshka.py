@@ -181,3 +181,58 @@ def test_matches_sentence_transformers(inner_name):
         theirs = st.MatryoshkaLoss(stub, st.TripletLoss(stub, triplet_margin=0.5), DIMS, WEIGHTS)
         want = theirs([{"embedding": anchor}, {"embedding": positive}, {"embedding": negative}], None)
     torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-5)
+
+
+ROWS = [
+    {"anchor": "A man is playing a guitar.", "positive": "A man plays the guitar.", "score": 4.8},
+    {"anchor": "A woman is slicing an onion.", "positive": "A woman cuts an onion into thin rings.", "score": 4.5},
+    {"anchor": "A cat sits on the mat.", "positive": "A dog runs in the park.", "score": 0.4},
+    {"anchor": "Kids are playing football on a wide green field.", "positive": "Children play soccer.", "score": 4.0},
+]
+
+
+def test_length_chunked_lora_step_equals_plain_lora_step(tiny_bert_dir, tokenizer):
+    """The Matryoshka loss sees the same embeddings whatever embeds them: length-sorted chunks on a LoRA model give
+    the plain step's loss and adapter gradients."""
+    from lightembed.data.collators import PairCollator
+    from lightembed.lora import LoRASettings
+    from lightembed.stages.batch_embedding import LengthChunkedEmbedding
+
+    batch = PairCollator(tokenizer, max_length=32)(ROWS)
+    settings = EncoderSettings(
+        backbone=str(tiny_bert_dir), max_length=32, dropout=0.0, lora=LoRASettings(r=4, alpha=8, dropout=0.0)
+    )
+    module = ContrastiveModule(settings, loss=MatryoshkaLoss(AnglEObjectiveLoss(), [32, 16, 8]))
+    module.configure_model()
+    plain_loss, plain = _step(module, batch)
+    assert plain and all("lora_" in name for name in plain)  # only the adapter trains
+    module.batch_embedding = LengthChunkedEmbedding(0.0)
+    chunked_loss, chunked = _step(module, batch)
+    torch.testing.assert_close(chunked_loss, plain_loss, atol=1e-5, rtol=1e-5)
+    for name in plain:
+        torch.testing.assert_close(chunked[name], plain[name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_simcse_stage_takes_a_matryoshka_infonce(tiny_bert_dir, tokenizer):
+    """SimCSE's InfoNCE wrapped in Matryoshka: the stage's step is the weighted sum of InfoNCE over the prefixes of
+    the two dropout views (the stage in eval mode here, so the views are equal and the step can be recomputed by
+    hand)."""
+    from lightembed.data.collators import SentenceCollator
+    from lightembed.stages import SimCSEModule
+
+    batch = SentenceCollator(tokenizer, max_length=32)([row["anchor"] for row in ROWS])
+    inner = InBatchNegativesLoss(temperature=0.05)
+    module = SimCSEModule(
+        EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.1),
+        loss=MatryoshkaLoss(inner, [32, 8], [1.0, 0.5]),
+    )
+    module.configure_model()
+    module.eval()  # dropout off: both views are the plain embedding
+    loss = module.training_step(batch, 0)
+    with torch.no_grad():
+        views = module.embed(batch["text"])  # (B, H): both views
+        ids = batch["text_ids"]
+        expected = inner(views, views, anchor_ids=ids, positive_ids=ids) + 0.5 * inner(
+            views[:, :8], views[:, :8], anchor_ids=ids, positive_ids=ids
+        )
+    torch.testing.assert_close(loss.detach(), expected, atol=1e-5, rtol=1e-5)
