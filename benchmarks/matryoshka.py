@@ -38,14 +38,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torchmetrics.functional import spearman_corrcoef  # noqa: E402
 
-from lightembed.data import PairDataModule  # noqa: E402
 from lightembed.data.formats import load_sts  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
-from lightembed.encoder import Encoder, EncoderSettings  # noqa: E402
+from lightembed.encoder import Encoder  # noqa: E402
 from lightembed.losses import Matryoshka2dLoss, MatryoshkaLoss  # noqa: E402
 from lightembed.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
-from lightembed.stages import ContrastiveModule  # noqa: E402
-from stsb_angle import BATCH, CHUNK, LR, MAX_LEN, MODEL, SEED, TEST, TRAIN, WARMUP, TrainTimer, angle_all_texts  # noqa: E402
+from stsb_angle import BATCH, CHUNK, LR, MAX_LEN, MODEL, SEED, TEST, WARMUP, angle_all_texts, train_lightembed  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "matryoshka.json"
 PLOT = Path(__file__).parent / "results" / "matryoshka_2d.png"
@@ -67,41 +65,9 @@ def losses() -> dict[str, tuple[torch.nn.Module, list[int] | None]]:
 
 
 def train(loss: torch.nn.Module, pool_layers: list[int] | None, precision: str, data_root: str, limit: int | None):
-    """One epoch with the stsb_angle recipe; returns the stage and the training seconds."""
-    L.seed_everything(SEED, verbose=False)
-    module = ContrastiveModule(
-        EncoderSettings(backbone=MODEL, pooling="mean", max_length=MAX_LEN),
-        loss=loss,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01, fused=True),
-        warmup_ratio=WARMUP,
-        pool_layers=pool_layers,
-        **CHUNK,
-    )
-    data = PairDataModule(
-        train=TRAIN,
-        train_format="scored_pairs",
-        data_root=data_root,
-        tokenizer=MODEL,
-        max_length=MAX_LEN,
-        batch_size=BATCH,
-        seed=SEED,
-    )
-    timer = TrainTimer()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        precision=precision,
-        max_epochs=1,
-        gradient_clip_val=1.0,
-        limit_train_batches=(limit // BATCH) if limit else None,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(module, datamodule=data)
-    return module, timer.seconds
+    """One epoch with the stsb_angle recipe (its length chunking, random batches); the stage and training seconds."""
+    module, _, seconds = train_lightembed(loss, precision, False, data_root, limit, pool_layers=pool_layers, **CHUNK)
+    return module, seconds
 
 
 class STSTest:

@@ -112,10 +112,12 @@ def train_lightembed(
     wise_alpha: float | None = None,
     length_chunking: float | None = None,
     callbacks: tuple[L.Callback, ...] = (),
+    pool_layers: list[int] | None = None,
 ) -> tuple[ContrastiveModule, PairDataModule, float]:
     """Train one epoch: the module (final weights; with ``ema_decay`` their exponential moving average, Lightning's
     ``EMAWeightAveraging``; with ``wise_alpha`` their WiSE-FT interpolation with the start), the data and the seconds
-    spent training. ``dropout`` overrides the backbone's dropout rates."""
+    spent training. ``dropout`` overrides the backbone's dropout rates; ``pool_layers`` is the stage's option
+    (2D-Matryoshka)."""
     L.seed_everything(seed, verbose=False)
     module = ContrastiveModule(
         EncoderSettings(backbone=MODEL, pooling="mean", max_length=MAX_LEN, dropout=dropout),
@@ -123,6 +125,7 @@ def train_lightembed(
         optimizer=lambda params: torch.optim.AdamW(params, lr=LR, weight_decay=0.01, fused=True),
         warmup_ratio=WARMUP,
         length_chunking=length_chunking,
+        pool_layers=pool_layers,
     )
     data = PairDataModule(
         train=TRAIN,
