@@ -5,7 +5,7 @@ import torch
 from torch.nn.attention import SDPBackend
 
 from lightembed import attention_kernels
-from lightembed.attention_kernels import ATTENTION_NAME, MATH_MAX_LENGTH, check_attention_kernel
+from lightembed.attention_kernels import MATH_MAX_LENGTH, check_attention_kernel
 from lightembed.encoder import Encoder, EncoderSettings
 
 
@@ -26,7 +26,7 @@ def test_every_kernel_gives_the_same_embeddings(family, tiny_llama_dir, tiny_ber
         encoder = Encoder(EncoderSettings(backbone=folder, attention_kernel=kernel, **extra)).eval()
         encoder.build()
         implementation = encoder.backbone.config._attn_implementation
-        assert implementation == ("sdpa" if kernel == "flash" else ATTENTION_NAME)
+        assert implementation == "sdpa"  # a saved model loads as it always did
         with torch.no_grad():
             outputs[kernel] = encoder(_features(24))
     torch.testing.assert_close(outputs["math"], outputs["flash"], rtol=1e-4, atol=1e-5)
@@ -49,15 +49,23 @@ def test_auto_runs_math_up_to_the_threshold(kernel, length, math, tiny_llama_dir
     encoder = Encoder(EncoderSettings(backbone=str(tiny_llama_dir), attention_kernel=kernel, max_length=256)).eval()
     with torch.no_grad():
         encoder(_features(length))
-    assert chosen == ([[SDPBackend.MATH]] * 2 if math else [])  # one per layer (2 layers)
+    assert chosen == ([[SDPBackend.MATH]] if math else [])  # one choice per forward
 
 
-def test_lora_backbone_gets_the_kernel_too(tiny_llama_dir):
+def test_lora_backbone_gets_the_kernel_too_and_an_exception_leaves_no_choice_behind(tiny_llama_dir, monkeypatch):
     from lightembed.lora import LoRASettings
 
+    entered = []
+    original = attention_kernels.sdpa_kernel
+    monkeypatch.setattr(attention_kernels, "sdpa_kernel", lambda b: entered.append(b) or original(b))
     encoder = Encoder(EncoderSettings(backbone=str(tiny_llama_dir), attention_kernel="math", lora=LoRASettings(r=2)))
-    encoder.build()
-    assert encoder.backbone.get_base_model().config._attn_implementation == ATTENTION_NAME
+    with torch.no_grad():
+        encoder(_features(12))
+    assert entered == [[SDPBackend.MATH]]
+    with pytest.raises(IndexError), torch.no_grad():  # an id past the vocabulary
+        encoder({"input_ids": torch.full((2, 8), 10**9), "attention_mask": torch.ones(2, 8, dtype=torch.long)})
+    assert torch.backends.cuda.flash_sdp_enabled()  # the math-only choice was left on the way out
+    assert not getattr(encoder.backbone.get_base_model(), "_lightembed_sdpa_kernels", [])
 
 
 def test_an_unknown_kernel_names_the_option():
