@@ -6,6 +6,7 @@ from torch.nn.attention import SDPBackend
 
 from lightembed import attention_kernels
 from lightembed.attention_kernels import MATH_MAX_LENGTH, check_attention_kernel
+from lightembed.backbones import block_list
 from lightembed.encoder import Encoder, EncoderSettings
 
 
@@ -49,7 +50,8 @@ def test_auto_runs_math_up_to_the_threshold(kernel, length, math, tiny_llama_dir
     encoder = Encoder(EncoderSettings(backbone=str(tiny_llama_dir), attention_kernel=kernel, max_length=256)).eval()
     with torch.no_grad():
         encoder(_features(length))
-    assert chosen == ([[SDPBackend.MATH]] if math else [])  # one choice per forward
+    blocks = len(block_list(encoder.backbone)[1])
+    assert chosen == ([[SDPBackend.MATH]] * blocks if math else [])  # one choice per block call
 
 
 def test_lora_backbone_gets_the_kernel_too_and_an_exception_leaves_no_choice_behind(tiny_llama_dir, monkeypatch):
@@ -61,11 +63,39 @@ def test_lora_backbone_gets_the_kernel_too_and_an_exception_leaves_no_choice_beh
     encoder = Encoder(EncoderSettings(backbone=str(tiny_llama_dir), attention_kernel="math", lora=LoRASettings(r=2)))
     with torch.no_grad():
         encoder(_features(12))
-    assert entered == [[SDPBackend.MATH]]
-    with pytest.raises(IndexError), torch.no_grad():  # an id past the vocabulary
-        encoder({"input_ids": torch.full((2, 8), 10**9), "attention_mask": torch.ones(2, 8, dtype=torch.long)})
+    blocks = block_list(encoder.backbone)[1]
+    assert entered == [[SDPBackend.MATH]] * len(blocks)
+
+    def fail(module, args, kwargs):
+        raise RuntimeError("inside a block")
+
+    handle = blocks[0].self_attn.o_proj.register_forward_pre_hook(fail, with_kwargs=True)
+    with pytest.raises(RuntimeError, match="inside a block"), torch.no_grad():
+        encoder(_features(12))
+    handle.remove()
     assert torch.backends.cuda.flash_sdp_enabled()  # the math-only choice was left on the way out
-    assert not getattr(encoder.backbone.get_base_model(), "_lightembed_sdpa_kernels", [])
+    assert not any(getattr(block.self_attn, "_lightembed_sdpa_kernels", []) for block in blocks)
+
+
+@pytest.mark.parametrize("kernel", ["math", "auto"])
+def test_gradient_checkpointing_recomputes_with_the_kernel_of_the_forward(kernel, tiny_llama_dir):
+    """Checkpointing re-runs each block in the backward pass, outside the model's forward: it must pick the same
+    kernel, or its recomputed tensors differ from the saved ones and torch refuses them."""
+    grads = {}
+    for checkpointing in (False, True):
+        settings = EncoderSettings(
+            backbone=str(tiny_llama_dir),
+            attention_kernel=kernel,
+            bidirectional=True,
+            dropout=0.0,
+            gradient_checkpointing=checkpointing,
+        )
+        encoder = Encoder(settings).train()
+        encoder(_features(16)).sum().backward()
+        grads[checkpointing] = {n: p.grad for n, p in encoder.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys() and grads[True]
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_an_unknown_kernel_names_the_option():
