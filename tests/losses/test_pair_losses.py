@@ -231,3 +231,12 @@ def test_softmax_head_trains_under_gradcache_with_the_plain_step_gradients(tiny_
     for (name, p_cached), p_plain in zip(cached.named_parameters(), plain.parameters(), strict=True):
         if p_plain.grad is not None:
             torch.testing.assert_close(p_cached.grad, p_plain.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_cosine_similarity_divides_by_score_scale_and_refuses_scores_off_the_cosine_scale():
+    scaled = CosineSimilarityLoss(score_scale=5.0)(ANCHOR, POSITIVE, labels=SCORES * 5.0)
+    torch.testing.assert_close(scaled, CosineSimilarityLoss()(ANCHOR, POSITIVE, labels=SCORES))
+    with pytest.raises(ValueError, match="score_scale"):
+        CosineSimilarityLoss()(ANCHOR, POSITIVE, labels=torch.full_like(SCORES, 4.0))  # STS-B's 0-5, unscaled
+    with pytest.raises(ValueError, match="score_scale must be > 0"):
+        CosineSimilarityLoss(score_scale=0.0)
