@@ -16,6 +16,7 @@ before the first training batch; each batch then carries each text's row of it (
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -182,9 +183,8 @@ class DistillationDataModule(STSEvaluation, LightningDataModule):
         self._teacher = embeddings.float()
 
     # ------------------------------------------------------------------ loaders
-    def _collate(self, indices: list[int]) -> DistillationBatch:
+    def _collate(self, collator: PairCollator, indices: list[int]) -> DistillationBatch:
         assert self.rows is not None and self._teacher is not None
-        collator = PairCollator(self.tokenizer, self.max_length)
         batch = DistillationBatch()
         for field in self.fields:
             texts = [self.rows[field][i] for i in indices]
@@ -205,6 +205,5 @@ class DistillationDataModule(STSEvaluation, LightningDataModule):
         count = len(self.rows[self.fields[0]])
         workers: dict[str, Any] = {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
         sampler = EpochRandomSampler(count, self.seed)
-        return DataLoader(
-            range(count), batch_size=self.batch_size, sampler=sampler, collate_fn=self._collate, **workers
-        )
+        collate = partial(self._collate, PairCollator(self.tokenizer, self.max_length))  # one collator per loader
+        return DataLoader(range(count), batch_size=self.batch_size, sampler=sampler, collate_fn=collate, **workers)

@@ -109,14 +109,11 @@ class DistillationModule(EmbeddingModule):
         return {"normalize": self.teacher_normalize, "precision": self.teacher_precision}
 
     def _embed_with_teacher(self, texts: list[str]) -> Tensor:
-        """Load the teacher, embed ``texts`` (``(M, T)``), free it."""
+        """Load the teacher and embed ``texts``: ``(M, T)``. The teacher is local here, so it is freed on return."""
         device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
         log.info("distillation: loading teacher %s to embed %d texts", self.teacher, len(texts))
         teacher = Encoder.from_pretrained(self.teacher, normalize=self.teacher_normalize, device=device)
-        try:
-            return teacher.encode(texts, batch_size=self.teacher_batch_size, precision=self.teacher_precision)
-        finally:
-            del teacher
+        return teacher.encode(texts, batch_size=self.teacher_batch_size, precision=self.teacher_precision)
 
     def teacher_embeddings(self, texts: list[str]) -> Tensor:
         """The teacher's embeddings of ``texts`` from the cache, embedding (and caching) the texts it lacks."""
