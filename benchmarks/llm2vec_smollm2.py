@@ -8,6 +8,11 @@ instruction, fp32).
     python benchmarks/llm2vec_smollm2.py [--data-root ../shared/data] [--output checkpoints/bench_llm2vec]
 
 Rerunning resumes the pipeline (finished stages are skipped). Writes benchmarks/results/llm2vec_smollm2.json.
+
+After the chain, each stage's FLOP/s utilisation on this machine (``utilisation``): a few training steps of the stage
+as configured, timed and FLOP-counted by benchmarks/decoder_throughput.py's code, against the 2048x2048 matmul peak in
+the precision the stages ran with. ``stage_utilisation`` spreads the same FLOPs per step over the stage's whole wall
+time in the chain (model loading, validation and export included): the share of the chain's time doing useful math.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,6 +41,11 @@ from lightembed.encoder import (  # noqa: E402
 )
 from lightembed.evaluation.sts import evaluate_sts  # noqa: E402
 from lightembed.pipeline import load_pipeline, run_pipeline  # noqa: E402
+from lightembed.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _flops import matmul_peak  # noqa: E402
+from decoder_throughput import VARIANTS, cpu_model, measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "configs" / "pipelines" / "llm2vec_smollm2.yaml"
@@ -46,6 +57,27 @@ RESULTS = Path(__file__).parent / "results" / "llm2vec_smollm2.json"
 def stsb_test(encoder: TextEncoder, data_root: str) -> float:
     [result] = evaluate_sts(encoder, TEST, data_root=data_root, batch_size=64)
     return round(result.spearman, 2)
+
+
+def stage_steps(record: dict[str, Any]) -> int | None:
+    """Optimizer steps of a finished stage, from its saved trainer config (epochs x batches per epoch)."""
+    trainer = (record.get("config") or {}).get("trainer") or {}
+    epochs, batches = trainer.get("max_epochs"), trainer.get("limit_train_batches")
+    accumulate = trainer.get("accumulate_grad_batches") or 1
+    if isinstance(epochs, int) and isinstance(batches, int) and not (trainer.get("max_steps") or -1) > 0:
+        return epochs * batches // accumulate
+    return None
+
+
+def utilisation(threads: int) -> tuple[dict[str, dict[str, Any]], float, str]:
+    """Each stage's shipped variant measured as benchmarks/decoder_throughput.py measures it (a few real steps)."""
+    precision = str(resolve_precision("auto", "cpu"))
+    peak = matmul_peak(torch.bfloat16 if precision.startswith("bf16") else torch.float32, threads=threads)
+    runs: dict[str, dict[str, Any]] = {}
+    for _, stage, overrides, mode in VARIANTS:
+        if mode == "shipped" and stage not in runs:  # the first variant of a stage is the configured one
+            runs[stage] = measure(stage, overrides, mode, 3, 1, precision, peak, False)
+    return runs, peak, precision
 
 
 def main() -> None:
@@ -96,17 +128,40 @@ def main() -> None:
         seconds = stage_seconds.get(name)
         print(f"| {name} | {result['stsb_test']:.2f} | {'' if seconds is None else f'{seconds:.0f}'} |")
     print(f"chain wall time: {sum(stage_seconds.values()) / 60:.1f} min (this invocation: {pipeline_seconds / 60:.1f})")
+
+    runs, peak, precision = utilisation(ns.threads)
+    stage_use = {}
+    for name, run in runs.items():
+        steps_done = stage_steps(manifest["stages"][name])
+        if steps_done is not None:
+            stage_use[name] = round(run["gflops_per_step"] * 1e9 * steps_done / stage_seconds[name] / peak, 4)
+    print(f"\nprecision {precision}, matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print("| stage | s/step | GFLOP/step | utilisation (steps) | utilisation (whole stage) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, run in runs.items():
+        whole = f"{stage_use[name]:.1%}" if name in stage_use else ""
+        cells = f"{run['seconds_per_step']:.2f} | {run['gflops_per_step']:.0f} | {run['utilisation']:.1%} | {whole}"
+        print(f"| {name} | {cells} |")
     result = {
         "steps": steps,
         "stage_seconds": stage_seconds,
         "chain_minutes": round(sum(stage_seconds.values()) / 60, 2),
+        "utilisation": {name: run["utilisation"] for name, run in runs.items()},
+        "stage_utilisation": stage_use,
+        "throughput": {
+            name: {k: run[k] for k in ("seconds_per_step", "units_per_s", "unit", "gflops_per_step")}
+            for name, run in runs.items()
+        },
+        "peak_gflops": round(peak / 1e9, 1),
         "pipeline": str(PIPELINE.relative_to(ROOT)),
         "env": {
             "torch": torch.__version__,
             "lightning": L.__version__,
             "python": platform.python_version(),
             "threads": ns.threads,
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_model(),
+            "native_bf16": cpu_has_fast_bf16(),
+            "precision": precision,
         },
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
