@@ -7,7 +7,8 @@ instruction, fp32).
 
     python benchmarks/llm2vec_smollm2.py [--data-root ../shared/data] [--output checkpoints/bench_llm2vec]
 
-Rerunning resumes the pipeline (finished stages are skipped). Writes benchmarks/results/llm2vec_smollm2.json.
+Rerunning resumes the pipeline (finished stages are skipped, scored exports are not scored again). Writes
+benchmarks/results/llm2vec_smollm2.json.
 
 After the chain, each stage's FLOP/s utilisation on this machine (``utilisation``): a few training steps of the stage
 as configured, timed and FLOP-counted by benchmarks/decoder_throughput.py's code, against the 2048x2048 matmul peak in
@@ -18,6 +19,7 @@ time in the chain (model loading, validation and export included): the share of 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import multiprocessing
 import os
@@ -120,13 +122,21 @@ def main() -> None:
     pipeline_seconds = time.perf_counter() - start
     stage_seconds = {}
     final = manifest.get("evaluation") or {}
+    # each export scored once: kept in the output folder under the hash of its files (as the pipeline records them)
+    scores_file = Path(ns.output) / "scores.json"
+    scored: dict[str, dict[str, Any]] = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
     for stage in load_pipeline(PIPELINE, ns.output).stages:
         record = manifest["stages"][stage.name]
-        if final.get("model") == record["output"] and "stsb_test" in final.get("sts", {}):
+        export = hashlib.sha256(json.dumps(record["export_files"], sort_keys=True).encode()).hexdigest()
+        if scored.get(stage.name, {}).get("export") == export:
+            score = scored[stage.name]["stsb_test"]
+        elif final.get("model") == record["output"] and "stsb_test" in final.get("sts", {}):
             # the pipeline's closing evaluation already scored this export with the same evaluator
             score = round(final["sts"]["stsb_test"]["spearman"], 2)
         else:
             score = stsb_test(load_encoder(record["output"], pooling="mean", max_length=128), data_root)
+        scored[stage.name] = {"export": export, "stsb_test": score}
+        scores_file.write_text(json.dumps(scored, indent=2) + "\n")
         steps[stage.name] = {"stsb_test": score}
         stage_seconds[stage.name] = record["wall_time_s"]
         print(f"{stage.name}: {score:.2f} ({record['wall_time_s']:.0f} s)", flush=True)
