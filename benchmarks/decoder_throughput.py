@@ -22,7 +22,8 @@ the math kernel stops beating flash is ``lightembed.attention_kernels.MATH_MAX_L
 
 Writes benchmarks/results/decoder_throughput.json: ``{"runs": {variant: {...}}, "utilisation": {"mntp", "simcse",
 "supervised"}, "attention_kernels": {"BxL": {"math_ms", "flash_ms"}}, "peak_flops": {"float32", "bfloat16"},
-"precision", "env"}``; ``utilisation`` holds each stage's shipped (configured) variant.
+"precision", "env"}``; ``utilisation`` holds each stage's shipped (configured) variant. ``--precision 32-true
+--results benchmarks/results/decoder_throughput_fp32.json`` measures the fp32 path (CPUs without native bf16) apart.
 """
 
 from __future__ import annotations
@@ -257,6 +258,7 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="Lightning precision; auto: lightembed's pick")
     parser.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
     parser.add_argument("--profile", action="store_true", help="print torch.profiler's top operators per variant")
+    parser.add_argument("--results", default=str(RESULTS), help="where to write the JSON (default: the results file)")
     ns = parser.parse_args()
     root = resolve_data_root(ns.data_root) or ROOT.parent / "shared" / "data"
     if not root.is_dir():
@@ -319,9 +321,10 @@ def main() -> None:
             "precision": precision,
         },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    results = Path(ns.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":
