@@ -24,6 +24,7 @@ def load_encoder(
     device: str | torch.device | None = None,
     truncate_dim: int | None = None,
     layers: int | None = None,
+    bidirectional: bool | None = None,
 ) -> Encoder:
     """:meth:`Encoder.from_pretrained`: a Hub id, a local folder, a ``packaged:`` name or a stage's ``.ckpt``."""
     return Encoder.from_pretrained(
@@ -34,6 +35,7 @@ def load_encoder(
         device=device,
         truncate_dim=truncate_dim,
         layers=layers,
+        bidirectional=bidirectional,
     )
 
 

@@ -171,14 +171,14 @@ class Encoder(nn.Module):
         device: str | torch.device | None = None,
         truncate_dim: int | None = None,
         layers: int | None = None,
+        bidirectional: bool | None = None,
     ) -> Encoder:
         """Load an encoder from a Hub id, a local folder, a ``packaged:`` name or a Lightning ``.ckpt`` of any stage.
 
         Settings not given are read from the model (a lightembed export, a sentence-transformers folder, or the
         checkpoint); otherwise mean pooling, no normalisation, 512 tokens. ``truncate_dim`` and ``layers`` give a
-        smaller, faster model (see :class:`EncoderSettings`). Returned in eval mode.
-        """
-        given = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+        smaller, faster model; ``bidirectional`` switches a decoder's attention. In eval mode."""
+        given = {"pooling": pooling, "normalize": normalize, "max_length": max_length, "bidirectional": bidirectional}
         given.update(truncate_dim=truncate_dim, layers=layers)
         overrides = {k: v for k, v in given.items() if v is not None}
         if model.endswith(".ckpt"):

@@ -182,3 +182,35 @@ def test_evaluate_truncates_and_cuts_layers_as_the_python_api_does(tiny_bert_dir
     full = evaluate_main([str(tiny_bert_dir), "--sts", f"toy={sts}"])
     assert report["sts"]["toy"]["spearman"] == pytest.approx(expected.spearman, abs=1e-6)
     assert report["sts"]["toy"]["spearman"] != pytest.approx(full["sts"]["toy"]["spearman"], abs=1e-6)
+
+
+def test_evaluate_switches_a_decoders_attention_as_the_python_api_does(tiny_llama_dir, tiny_bert_dir, tmp_path, capsys):
+    """`evaluate --bidirectional / --no-bidirectional` scores a decoder with that attention (LLM2Vec's baselines from
+    the command line); an encoder asked for causal attention is one line naming the model type, exit 1."""
+    from lightembed.api import load_encoder
+    from lightembed.cli import main
+    from lightembed.evaluation.commands import evaluate_main
+    from lightembed.evaluation.sts import evaluate_sts
+
+    rows = [
+        {"sentence1": f"a text {i} about {i % 4}", "sentence2": f"words {i % 3} and {i}", "score": i % 5}
+        for i in range(12)
+    ]
+    sts = tmp_path / "sts.jsonl"
+    sts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = {}
+    for flag, bidirectional in (("--bidirectional", True), ("--no-bidirectional", False)):
+        report = evaluate_main([str(tiny_llama_dir), "--sts", f"toy={sts}", flag])
+        encoder = load_encoder(str(tiny_llama_dir), bidirectional=bidirectional)
+        assert encoder.backbone.config.is_causal is (not bidirectional)
+        [expected] = evaluate_sts(encoder, {"toy": str(sts)})
+        assert report["sts"]["toy"]["spearman"] == pytest.approx(expected.spearman, abs=1e-6)
+        scores[flag] = report["sts"]["toy"]["spearman"]
+    assert scores["--bidirectional"] != pytest.approx(scores["--no-bidirectional"], abs=1e-6)
+
+    capsys.readouterr()
+    assert main(["evaluate", str(tiny_bert_dir), "--sts", f"toy={sts}", "--no-bidirectional"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]  # not the weight-loading progress bars
+    assert len(errors) == 1 and errors[0].startswith("lightembed evaluate: error:") and "Traceback" not in err
+    assert "is an encoder" in errors[0] and "causal" in errors[0]

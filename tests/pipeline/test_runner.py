@@ -164,3 +164,34 @@ def test_killed_pipeline_resumes_to_the_same_weights(write_pipeline, tiny_bert_d
         assert resumed.keys() == expected.keys()
         for key in expected:
             torch.testing.assert_close(resumed[key], expected[key], atol=1e-6, rtol=0)
+
+
+def test_each_stage_releases_its_model_before_the_next_starts(
+    write_pipeline, tiny_bert_dir, sts_file, tmp_path, monkeypatch
+):
+    """Stages run in one process: a stage's module, trainer and optimizer must be garbage once it is done, or a long
+    chain (an ablation's arms) holds every model it trained until it runs out of memory."""
+    import gc
+    import weakref
+
+    from lightembed.pipeline import runner
+
+    alive_at_start: list[list[str]] = []
+    refs: dict[str, list[weakref.ref]] = {}
+    real = runner._run_stage
+
+    def tracking(argv: list[str], stage: str):
+        gc.collect()
+        alive_at_start.append([name for name, rs in refs.items() if any(r() is not None for r in rs)])
+        cli = real(argv, stage)
+        optimizers = list(cli.trainer.optimizers)
+        refs[stage] = [weakref.ref(o) for o in (cli.model, cli.trainer, cli.datamodule, *optimizers)]
+        refs[stage].append(weakref.ref(cli.model.encoder.backbone))
+        return cli
+
+    monkeypatch.setattr(runner, "_run_stage", tracking)
+    path = write_pipeline(tmp_path / "p.yaml", tiny_bert_dir, sts_file, epochs=(1, 1, 1))
+    cli_main(["pipeline", str(path), "--output", str(tmp_path / "out")])
+    gc.collect()
+    assert alive_at_start == [[], [], []]
+    assert [name for name, rs in refs.items() if any(r() is not None for r in rs)] == []

@@ -121,6 +121,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
         "--truncate-dim", type=int, default=None, help="keep the first D embedding dimensions (Matryoshka models)"
     )
     parser.add_argument("--layers", type=int, default=None, help="run only the first K transformer layers")
+    parser.add_argument(
+        "--bidirectional",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="decoders: bidirectional (--bidirectional) or causal (--no-bidirectional) attention; default: the model's",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", default="cpu", help="torch device the model runs on, e.g. cuda or cuda:1")
@@ -175,6 +181,7 @@ def evaluate_main(argv: Sequence[str]) -> dict:
         device=ns.device,
         truncate_dim=ns.truncate_dim,
         layers=ns.layers,
+        bidirectional=ns.bidirectional,
     )
     results = run_suite(
         encoder,
