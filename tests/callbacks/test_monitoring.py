@@ -79,3 +79,41 @@ def test_tensorboard_shows_throughput_grad_norm_lr_groups_hparams_and_best_score
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())
     assert hparams["loss"] == "AnglEObjectiveLoss" and hparams["loss.in_batch.min_score"] == 4.0
     assert hparams["optimizer"] == "AdamW" and hparams["optimizer.lr"] == pytest.approx(1e-3)
+
+
+def test_throughput_is_logged_after_a_fit_resumed_mid_epoch(tiny_bert_dir, sts_file, tmp_path):
+    """Lightning skips on_train_epoch_start for the epoch a fit resumes in (a checkpoint saved at SIGTERM is mid-epoch):
+    the first resumed batch once failed in Throughput with an IndexError; it now starts its window at on_train_start."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    configs = ["configs/trainer/cpu.yaml", "configs/model/cosent_minilm.yaml", "configs/data/stsb.yaml"]
+    mid = '{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": "%s", '
+    mid += '"filename": "mid", "every_n_train_steps": 2, "save_top_k": -1}}'
+    options = {
+        "model.init_args.encoder.backbone": str(tiny_bert_dir),
+        "model.init_args.encoder.max_length": "32",
+        "data.init_args.train": str(sts_file),
+        "data.init_args.val": json.dumps({"tiny": str(sts_file)}),
+        "data.init_args.test": "{}",
+        "data.init_args.batch_size": "2",  # 6 steps per epoch; the checkpoint after step 2 is mid-epoch
+        "trainer.max_epochs": "1",
+        "trainer.log_every_n_steps": "1",
+        "trainer.num_sanity_val_steps": "0",
+        "trainer.precision": "32-true",
+        "trainer.logger.init_args.save_dir": str(tmp_path),
+        "trainer.logger.init_args.name": "tb",
+        "trainer.enable_progress_bar": "false",
+    }
+    args = [arg for config in configs for arg in ("--config", str(ROOT / config))]
+    flat = [arg for key, value in options.items() for arg in (f"--{key}", value)]
+    build_cli(["fit", *args, *flat, "--trainer.max_steps=2", "--trainer.callbacks+=" + mid % (tmp_path / "ckpt")])
+    [checkpoint] = (tmp_path / "ckpt").glob("mid*.ckpt")
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 2
+
+    resumed = [*flat, "--trainer.logger.init_args.name=resumed"]
+    cli = build_cli(["fit", *args, *resumed, "--ckpt_path", str(checkpoint)])
+    assert cli.trainer.global_step == 6
+    events = EventAccumulator(str(tmp_path / "resumed" / "version_0"))
+    events.Reload()
+    rates = events.Scalars("throughput/tokens_per_sec")
+    assert [e.step for e in rates][-1] >= 5 and all(e.value > 0 for e in rates)
