@@ -9,18 +9,31 @@
   counter has no entry for the CPU flash-attention kernel, so it is added here (``4 b h s_q s_k d`` forward and twice
   that backward, the FlashAttention paper's count, without the recomputation).
 * :func:`utilisation`: achieved / peak.
+* :func:`cpu_model`: the CPU's model name, for the results' ``env`` (the peak belongs to it).
 
 Import it from a benchmark (``from _flops import count_flops, matmul_peak``) with ``benchmarks/`` on ``sys.path``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (else what :mod:`platform` knows)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5, threads: int | None = None) -> float:

@@ -50,7 +50,7 @@ import yaml  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _flops import count_flops, matmul_peak, utilisation  # noqa: E402
+from _flops import count_flops, cpu_model, matmul_peak, utilisation  # noqa: E402
 from lightembed.attention_kernels import MATH_MAX_LENGTH  # noqa: E402
 from lightembed.data import CorpusDataModule, PairDataModule  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
@@ -237,14 +237,6 @@ VARIANTS: list[tuple[str, str, dict[str, Any], str]] = [
     ("supervised_no_length_chunking", "supervised", {"length_chunking": None}, "shipped"),
     ("supervised_bf16_base", "supervised", {}, "bf16_base"),
 ]
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _flops import cpu_model  # noqa: E402
 from lightembed.data.sources import resolve_data_root  # noqa: E402
 from lightembed.pipeline import PipelineSpec, load_pipeline, run_pipeline  # noqa: E402
 from lightembed.precision import cpu_has_fast_bf16  # noqa: E402
@@ -39,16 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "configs" / "pipelines" / "llm2vec_ablation.yaml"
 ARMS = ("causal", "bidirectional", "mntp", "simcse_only", "mntp_simcse")
 RESULTS = Path(__file__).parent / "results" / "llm2vec_ablation.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def capped(spec: PipelineSpec, max_steps: int | None) -> PipelineSpec:

@@ -47,6 +47,9 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import yaml  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _flops import cpu_model  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PEER = Path(__file__).parent / "peer"
 REQUIREMENTS = PEER / "requirements.txt"
@@ -277,14 +280,6 @@ def modified_files() -> list[str]:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
         return sorted(line[3:] for line in done.stdout.splitlines())
     return []
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def run_stage(stage: str, ns: argparse.Namespace, python: Path, precision: str, scratch: Path) -> dict[str, Any]:

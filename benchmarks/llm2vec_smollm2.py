@@ -47,8 +47,8 @@ from lightembed.pipeline import load_pipeline, run_pipeline  # noqa: E402
 from lightembed.precision import cpu_has_fast_bf16, resolve_precision  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _flops import matmul_peak  # noqa: E402
-from decoder_throughput import VARIANTS, cpu_model, measure  # noqa: E402
+from _flops import cpu_model, matmul_peak  # noqa: E402
+from decoder_throughput import VARIANTS, measure  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "configs" / "pipelines" / "llm2vec_smollm2.yaml"
@@ -60,16 +60,6 @@ RESULTS = Path(__file__).parent / "results" / "llm2vec_smollm2.json"
 def stsb_test(encoder: TextEncoder, data_root: str) -> float:
     [result] = evaluate_sts(encoder, TEST, data_root=data_root, batch_size=64)
     return round(result.spearman, 2)
-
-
-def stage_steps(record: dict[str, Any]) -> int | None:
-    """Optimizer steps of a finished stage, from its saved trainer config (epochs x batches per epoch)."""
-    trainer = (record.get("config") or {}).get("trainer") or {}
-    epochs, batches = trainer.get("max_epochs"), trainer.get("limit_train_batches")
-    accumulate = trainer.get("accumulate_grad_batches") or 1
-    if isinstance(epochs, int) and isinstance(batches, int) and not (trainer.get("max_steps") or -1) > 0:
-        return epochs * batches // accumulate
-    return None
 
 
 def utilisation(threads: int) -> tuple[dict[str, dict[str, Any]], float, str]:
@@ -149,17 +139,17 @@ def main() -> None:
     print(f"chain wall time: {sum(stage_seconds.values()) / 60:.1f} min (this invocation: {pipeline_seconds / 60:.1f})")
 
     runs, peak, precision = utilisation(ns.threads)
-    stage_use = {}
-    for name, run in runs.items():
-        steps_done = stage_steps(manifest["stages"][name])
-        if steps_done is not None:
-            stage_use[name] = round(run["gflops_per_step"] * 1e9 * steps_done / stage_seconds[name] / peak, 4)
+    # the same FLOPs per step over the stage's whole wall time, with the optimizer steps the manifest recorded
+    stage_use = {
+        name: round(run["gflops_per_step"] * 1e9 * manifest["stages"][name]["steps"] / stage_seconds[name] / peak, 4)
+        for name, run in runs.items()
+    }
     print(f"\nprecision {precision}, matmul peak {peak / 1e9:.0f} GFLOP/s")
     print("| stage | s/step | GFLOP/step | utilisation (steps) | utilisation (whole stage) |")
     print("|---|---:|---:|---:|---:|")
     for name, run in runs.items():
-        whole = f"{stage_use[name]:.1%}" if name in stage_use else ""
-        cells = f"{run['seconds_per_step']:.2f} | {run['gflops_per_step']:.0f} | {run['utilisation']:.1%} | {whole}"
+        cells = f"{run['seconds_per_step']:.2f} | {run['gflops_per_step']:.0f} | {run['utilisation']:.1%}"
+        cells += f" | {stage_use[name]:.1%}"
         print(f"| {name} | {cells} |")
     result = {
         "steps": steps,
