@@ -46,18 +46,20 @@ class Throughput(L.Callback):
         self.window = window
         self._ends: deque[tuple[float, int, int]] = deque(maxlen=window + 1)
 
+    def _restart_window(self) -> None:
+        """Measure from now: validation and epoch boundaries are not training time."""
+        self._ends.clear()
+        self._ends.append((time.perf_counter(), 0, 0))
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # a fit resumed mid-epoch starts here: Lightning does not call on_train_epoch_start for the epoch it resumes
-        self._ends.clear()
-        self._ends.append((time.perf_counter(), 0, 0))
+        self._restart_window()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._ends.clear()  # validation and epoch boundaries are not training time
-        self._ends.append((time.perf_counter(), 0, 0))
+        self._restart_window()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._ends.clear()
-        self._ends.append((time.perf_counter(), 0, 0))
+        self._restart_window()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
