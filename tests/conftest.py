@@ -131,3 +131,18 @@ def corpus_file(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _train_step(module, batch) -> tuple:
+    """One training step of a stage on ``batch``: its loss and the gradient of every parameter that got one."""
+    module.zero_grad()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    return loss.detach(), grads
+
+
+@pytest.fixture
+def train_step():
+    """``train_step(module, batch) -> (loss, {name: grad})``: compare a step's loss and gradients between setups."""
+    return _train_step

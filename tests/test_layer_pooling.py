@@ -64,23 +64,17 @@ def _module(tiny_bert_dir, **options) -> ContrastiveModule:
     return module
 
 
-def _step(module, batch):
-    module.zero_grad()
-    loss = module.training_step(batch, 0)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
-    return loss.detach(), grads
-
-
-def test_stage_with_pool_layers_gives_the_same_step_with_gradcache_and_length_chunking(tiny_bert_dir, tokenizer):
+def test_stage_with_pool_layers_gives_the_same_step_with_gradcache_and_length_chunking(
+    tiny_bert_dir, tokenizer, train_step
+):
     batch = PairCollator(tokenizer, max_length=32)(ROWS)
     module = _module(tiny_bert_dir)
-    plain_loss, plain = _step(module, batch)
+    plain_loss, plain = train_step(module, batch)
     # the per-layer loss really differs from the last layer's alone: the earlier layer trains too
     assert "encoder.backbone.encoder.layer.0.output.dense.weight" in plain
     for strategy in (GradCacheEmbedding(2), LengthChunkedEmbedding(0.0)):
         module.batch_embedding = strategy
-        other_loss, other = _step(module, batch)
+        other_loss, other = train_step(module, batch)
         # float32 sums of every token's gradient, taken in another order (micro-batches, length chunks): 1e-4
         torch.testing.assert_close(other_loss, plain_loss, atol=1e-5, rtol=1e-5)
         assert other.keys() == plain.keys() and len(plain) > 10

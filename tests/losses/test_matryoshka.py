@@ -104,15 +104,7 @@ def test_dims_are_sorted_with_their_weights():
     assert loss.dims == [16, 8, 4] and loss.weights == [1.0, 2.0, 3.0]
 
 
-def _step(module, batch):
-    module.zero_grad()
-    loss = module.training_step(batch, 0)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
-    return loss.detach(), grads
-
-
-def test_gradcache_step_equals_plain_step(tiny_bert_dir, tokenizer):
+def test_gradcache_step_equals_plain_step(tiny_bert_dir, tokenizer, train_step):
     """GradCache wraps the loss on embeddings: micro-batches of 2 give the plain full-batch step (dropout 0)."""
     from lightembed.data.collators import PairCollator
 
@@ -126,16 +118,16 @@ def test_gradcache_step_equals_plain_step(tiny_bert_dir, tokenizer):
     loss = MatryoshkaLoss(AnglEObjectiveLoss(), [32, 16, 8], [1.0, 1.0, 0.5])
     module = ContrastiveModule(EncoderSettings(backbone=str(tiny_bert_dir), max_length=32, dropout=0.0), loss=loss)
     module.configure_model()
-    plain_loss, plain = _step(module, batch)
+    plain_loss, plain = train_step(module, batch)
     module.batch_embedding = GradCacheEmbedding(2)
-    cached_loss, cached = _step(module, batch)
+    cached_loss, cached = train_step(module, batch)
     torch.testing.assert_close(cached_loss, plain_loss, atol=1e-5, rtol=1e-5)
     assert plain.keys() == cached.keys() and len(plain) > 10
     for name in plain:
         torch.testing.assert_close(cached[name], plain[name], atol=1e-5, rtol=1e-5, msg=name)
     # the wrapped loss really differs from the plain AnglE objective on this batch
     module.loss = AnglEObjectiveLoss()
-    assert not torch.isclose(_step(module, batch)[0], plain_loss)
+    assert not torch.isclose(train_step(module, batch)[0], plain_loss)
 
 
 def test_normalize_renormalises_each_prefix_for_distance_losses():
@@ -191,7 +183,7 @@ ROWS = [
 ]
 
 
-def test_length_chunked_lora_step_equals_plain_lora_step(tiny_bert_dir, tokenizer):
+def test_length_chunked_lora_step_equals_plain_lora_step(tiny_bert_dir, tokenizer, train_step):
     """The Matryoshka loss sees the same embeddings whatever embeds them: length-sorted chunks on a LoRA model give
     the plain step's loss and adapter gradients."""
     from lightembed.data.collators import PairCollator
@@ -204,10 +196,10 @@ def test_length_chunked_lora_step_equals_plain_lora_step(tiny_bert_dir, tokenize
     )
     module = ContrastiveModule(settings, loss=MatryoshkaLoss(AnglEObjectiveLoss(), [32, 16, 8]))
     module.configure_model()
-    plain_loss, plain = _step(module, batch)
+    plain_loss, plain = train_step(module, batch)
     assert plain and all("lora_" in name for name in plain)  # only the adapter trains
     module.batch_embedding = LengthChunkedEmbedding(0.0)
-    chunked_loss, chunked = _step(module, batch)
+    chunked_loss, chunked = train_step(module, batch)
     torch.testing.assert_close(chunked_loss, plain_loss, atol=1e-5, rtol=1e-5)
     for name in plain:
         torch.testing.assert_close(chunked[name], plain[name], atol=1e-5, rtol=1e-5, msg=name)

@@ -10,11 +10,6 @@ from pathlib import Path
 # Lightning's log handler keeps the sys.stderr of its import: import it before a test's captured stderr
 import lightning.pytorch  # noqa: F401
 import pytest
-import torch
-
-from lightembed.cli import run_command
-
-ROOT = Path(__file__).resolve().parents[2]
 
 TEXTS = [
     ("What is the capital of France ?", "LOC"),
@@ -77,28 +72,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("model", sorted(CASES))
-def test_classic_loss_config_fits(model, tiny_bert_dir, sts_file, train_files, tmp_path, monkeypatch):
+def test_classic_loss_config_fits(model, sts_file, train_files, fit_config_two_steps):
     data, extra = CASES[model]
-    monkeypatch.chdir(tmp_path)
     train = sts_file if data == "stsb" else train_files[data]
-    batch_size = "6" if data == "trec_labels" else "4"  # 3 classes x examples_per_class 2
-    args = [
-        "fit",
-        *("--config", str(ROOT / "configs/trainer/cpu.yaml")),
-        *("--config", str(ROOT / f"configs/model/{model}_minilm.yaml")),
-        *("--config", str(ROOT / f"configs/data/{data}.yaml")),
-        *("--model.init_args.encoder.backbone", str(tiny_bert_dir), "--model.init_args.encoder.max_length", "32"),
-        *("--data.init_args.train", str(train), "--data.init_args.batch_size", batch_size),
-        *("--data.init_args.val", "{}", "--data.init_args.test", "{}"),
-        *(("--data.init_args.examples_per_class", "2") if data == "trec_labels" else ()),
-        *("--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.logger", "false"),
-        *("--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"),
-        *("--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true"),
-        *extra,
-    ]
-    cli = run_command(args)
-    assert cli.trainer.global_step == 2
-    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
-    [optimizer] = cli.trainer.optimizers
-    stepped = [p for group in optimizer.param_groups for p in group["params"] if p in optimizer.state]
-    assert stepped, "no parameter received a gradient step"
+    if data == "trec_labels":  # 3 classes x examples_per_class 2
+        extra = ("--data.init_args.examples_per_class", "2", *extra)
+    fit_config_two_steps(model, data, train, batch_size=6 if data == "trec_labels" else 4, extra=extra)

@@ -1,21 +1,17 @@
 """GISTEmbed's guide in the contrastive stage: a frozen encoder whose embeddings reach the loss, never trained or saved;
 and `lightembed fit` of the GISTEmbed and 2D-Matryoshka configs on a tiny model."""
 
-from pathlib import Path
-
 # Lightning's log handler keeps the sys.stderr of its import: import it before a test's captured stderr
 import lightning as L
 import pytest
 import torch
 
-from lightembed.cli import run_command
 from lightembed.data import PairDataModule
 from lightembed.data.collators import PairCollator
 from lightembed.encoder import Encoder, EncoderSettings
 from lightembed.losses import GISTEmbedLoss
 from lightembed.stages import ContrastiveModule
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
     {"anchor": "A man is playing a guitar.", "positive": "A man plays the guitar.", "negative": "A cat sleeps."},
     {"anchor": "A woman is slicing an onion.", "positive": "A woman cuts an onion.", "negative": "A car drives."},
@@ -124,28 +120,10 @@ FIT_CASES = {
 
 
 @pytest.mark.parametrize("model", sorted(FIT_CASES))
-def test_config_fits(model, tiny_bert_dir, sts_file, fixtures_dir, tmp_path, monkeypatch):
+def test_config_fits(model, tiny_bert_dir, sts_file, fixtures_dir, fit_config_two_steps):
     data, extra = FIT_CASES[model]
-    monkeypatch.chdir(tmp_path)
     train = sts_file if data == "stsb" else fixtures_dir / "nli_tiny.jsonl"
-    args = [
-        "fit",
-        *("--config", str(ROOT / "configs/trainer/cpu.yaml")),
-        *("--config", str(ROOT / f"configs/model/{model}_minilm.yaml")),
-        *("--config", str(ROOT / f"configs/data/{data}.yaml")),
-        *("--model.init_args.encoder.backbone", str(tiny_bert_dir), "--model.init_args.encoder.max_length", "32"),
-        *("--data.init_args.train", str(train), "--data.init_args.batch_size", "4"),
-        *("--data.init_args.val", "{}", "--data.init_args.test", "{}"),
-        *("--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.logger", "false"),
-        *("--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false"),
-        *("--trainer.enable_progress_bar", "false", "--trainer.precision", "32-true"),
-        *(arg.replace("{tiny}", str(tiny_bert_dir)) for arg in extra),
-    ]
-    cli = run_command(args)
-    assert cli.trainer.global_step == 2
-    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
-    [optimizer] = cli.trainer.optimizers
-    stepped = [p for group in optimizer.param_groups for p in group["params"] if p in optimizer.state]
-    assert stepped, "no parameter received a gradient step"
+    extra = [arg.replace("{tiny}", str(tiny_bert_dir)) for arg in extra]
+    cli = fit_config_two_steps(model, data, train, extra=extra)
     if model == "gist":
         assert cli.model.guide is not None and not cli.model.guide.training
